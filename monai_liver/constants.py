@@ -1,0 +1,14 @@
+"""Names and numbers shared by every module."""
+
+#: Default lesion types, in class-index order (index k <-> joint seg channel 2 + k).
+DEFAULT_CLASSES: tuple[str, ...] = ("cyst", "hemangioma", "metastasis")
+
+#: Default CT window in Hounsfield units, scaled to [0, 1].
+HU_WINDOW: tuple[float, float] = (-200.0, 250.0)
+
+#: LiTS / MSD Task03 label values.
+BACKGROUND, LIVER, LESION = 0, 1, 2
+
+STRATEGIES: tuple[str, ...] = ("cls_baseline", "seg_baseline", "ynet", "joint")
+PRETRAIN_STRATEGY = "lits_pretrain"
+INITS: tuple[str, ...] = ("scratch", "imagenet", "lits")
