@@ -1,0 +1,445 @@
+"""Collect the held-out predictions of finished runs and build the results table.
+
+An experiment folder looks like::
+
+    <out>/experiment.json                      what was asked for (strategies, inits, folds, data)
+    <out>/runs/<strategy>/<init>/fold<k>/      one bundle run (train + evaluate)
+        DONE                                   written atomically after evaluation
+        eval/per_slice.csv, eval/metrics.json, eval/examples.npz, train_log.csv
+    <out>/runs/<strategy>/<init>/NOT_RUN       one line: why this init was not run (e.g. no ImageNet weights)
+
+:func:`aggregate` writes ``per_slice.csv`` (every held-out prediction with ``strategy``, ``init``,
+``fold``), ``results.csv`` (one row per strategy x init) and ``results.md`` (the paper's table with
+the paper's numbers beside ours).
+
+Figures (the definitions the README states):
+
+- **Acc**: slice-level classification accuracy (slices with a known lesion type; a slice for which a
+  classifying strategy gives no class counts as wrong). **Balanced accuracy**: mean per-class
+  sensitivity. **Sensitivity / specificity** per class, one-vs-rest.
+- **Dice**: lesion Dice per slice, averaged over slices; **global Dice**: Dice of all lesion pixels
+  of the fold pooled. **Recall**: lesion pixel sensitivity per slice, averaged over slices.
+  **Detection recall**: detected / true lesions (connected components), pooled.
+- Each figure is computed per held-out fold and **averaged over folds**. Its **95% interval** is a
+  percentile bootstrap over patients: 2000 resamples (seed 0), patients drawn with replacement
+  within each fold (a patient never leaves its fold), the per-fold figure recomputed and averaged
+  over folds. We bootstrap patients, not folds, because a t-interval over 2-5 folds is either
+  undefined or very wide, and slices of one patient are not independent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from monai_liver.constants import INITS, STRATEGIES
+from monai_liver.errors import LiverError
+from monai_liver.experiment.paper import INIT_TITLES, PAPER_REF, STRATEGY_TITLES, paper_value
+
+__all__ = [
+    "CLASSIFYING",
+    "SEGMENTING",
+    "METRICS",
+    "RunInfo",
+    "find_runs",
+    "read_experiment",
+    "load_per_slice",
+    "summarise",
+    "results_markdown",
+    "aggregate",
+    "format_cell",
+    "footnote",
+    "class_names_of",
+]
+
+#: strategies that predict a slice class / a lesion mask (decides whether a missing figure is 0 or n/a)
+CLASSIFYING = frozenset({"cls_baseline", "ynet", "joint"})
+SEGMENTING = frozenset({"seg_baseline", "ynet", "joint", "lits_pretrain"})
+
+#: scalar figures of results.csv, each with ``_lo`` / ``_hi`` columns
+METRICS: tuple[str, ...] = ("acc", "dice", "recall", "bacc", "global_dice", "detection_recall")
+
+N_BOOT = 2000
+SEED = 0
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One (strategy, init, fold) run folder."""
+
+    strategy: str
+    init: str
+    fold: int
+    path: Path
+    done: bool
+
+
+def read_experiment(out_dir: str | Path) -> dict:
+    """``<out>/experiment.json`` (written by the runner), or ``{}`` when absent."""
+    p = Path(out_dir) / "experiment.json"
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise LiverError(f"{p}: not a readable experiment description ({e})") from None
+
+
+def _is_done(run_dir: Path) -> bool:
+    # DONE is the runner's marker; a run evaluated by hand (bundle outside the runner) counts once
+    # its evaluation wrote metrics.json, which the evaluate config writes after per_slice.csv.
+    return (run_dir / "DONE").is_file() or (
+        (run_dir / "eval" / "metrics.json").is_file() and (run_dir / "eval" / "per_slice.csv").is_file()
+    )
+
+
+def find_runs(out_dir: str | Path) -> list[RunInfo]:
+    """All ``runs/<strategy>/<init>/fold<k>`` folders under ``out_dir``, sorted."""
+    runs = []
+    root = Path(out_dir) / "runs"
+    if not root.is_dir():
+        return runs
+    for d in sorted(root.glob("*/*/fold*")):
+        if not d.is_dir() or not d.name[4:].isdigit():
+            continue
+        runs.append(RunInfo(d.parent.parent.name, d.parent.name, int(d.name[4:]), d, _is_done(d)))
+    return sorted(runs, key=lambda r: (_order(r.strategy, STRATEGIES), _order(r.init, INITS), r.fold))
+
+
+def _order(name: str, names: Sequence[str]) -> tuple[int, str]:
+    return (list(names).index(name) if name in names else len(names), name)
+
+
+def load_per_slice(out_dir: str | Path, runs: Sequence[RunInfo] | None = None) -> pd.DataFrame:
+    """Concatenate ``eval/per_slice.csv`` of the finished runs, with ``strategy``, ``init`` and
+    ``fold`` (from the folder layout) as the first columns. Empty frame when no run has finished."""
+    runs = find_runs(out_dir) if runs is None else runs
+    frames = []
+    for r in runs:
+        if not r.done:
+            continue
+        p = r.path / "eval" / "per_slice.csv"
+        try:
+            df = pd.read_csv(p, dtype={"patient_id": str, "true_cls": str, "pred_cls": str})
+        except FileNotFoundError:
+            raise LiverError(f"{p}: missing although the run is marked finished (rerun it: delete {r.path / 'DONE'})") from None
+        except (OSError, ValueError, pd.errors.ParserError) as e:
+            raise LiverError(f"{p}: not a readable per-slice CSV ({e})") from None
+        missing = {"patient_id", "true_cls", "pred_cls", "dice", "recall"} - set(df.columns)
+        if missing:
+            raise LiverError(f"{p}: missing column(s) {', '.join(sorted(missing))}")
+        df = df.drop(columns=[c for c in ("strategy", "init", "fold") if c in df.columns])
+        df.insert(0, "fold", r.fold)
+        df.insert(0, "init", r.init)
+        df.insert(0, "strategy", r.strategy)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=["strategy", "init", "fold", "patient_id", "true_cls", "pred_cls", "dice", "recall"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def class_names_of(per_slice: pd.DataFrame, fallback: Sequence[str] = ()) -> list[str]:
+    """Class names in index order: from the ``prob_<class>`` columns, else ``fallback``, else the
+    sorted true classes."""
+    names = [c[5:] for c in per_slice.columns if c.startswith("prob_")]
+    if names:
+        return names
+    if fallback:
+        return list(fallback)
+    return sorted({str(c) for c in per_slice.get("true_cls", pd.Series(dtype=str)).dropna() if str(c)})
+
+
+# ---------------------------------------------------------------------------------------------
+# sufficient statistics per patient: every figure is a function of summed counts, so a bootstrap
+# resample is a sum of patient rows (fast, vectorised). Written by hand: scikit-learn's metrics
+# and MONAI's bootstrap-free metrics do not resample groups.
+
+
+def _stat_layout(k: int) -> dict[str, slice]:
+    names = [("n_cls", 1), ("correct", 1), ("conf", k * (k + 1)), ("dice_sum", 1), ("dice_n", 1),
+             ("rec_sum", 1), ("rec_n", 1), ("inter2", 1), ("denom", 1), ("gt_les", 1), ("det_les", 1)]
+    out, i = {}, 0
+    for n, w in names:
+        out[n] = slice(i, i + w)
+        i += w
+    out["_width"] = slice(i, i)
+    return out
+
+
+def _num(s: pd.Series) -> np.ndarray:
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+
+
+def _patient_stats(df: pd.DataFrame, classes: list[str], classify: bool) -> tuple[np.ndarray, list[str]]:
+    """(n_patients, n_stats) counts of one fold, and the patient ids."""
+    k = len(classes)
+    lay = _stat_layout(k)
+    width = lay["_width"].start
+    idx = {c: i for i, c in enumerate(classes)}
+    true = df["true_cls"].fillna("").astype(str).map(lambda c: idx.get(c, -1)).to_numpy()
+    pred = df["pred_cls"].fillna("").astype(str).map(lambda c: idx.get(c, k)).to_numpy()  # k: no class
+    dice, rec = _num(df["dice"]), _num(df["recall"])
+    gt_px = _num(df["gt_lesion_px"]) if "gt_lesion_px" in df else np.full(len(df), np.nan)
+    pr_px = _num(df["pred_lesion_px"]) if "pred_lesion_px" in df else np.full(len(df), np.nan)
+    gt_les = _num(df["gt_lesions"]) if "gt_lesions" in df else np.full(len(df), np.nan)
+    det_les = _num(df["detected_lesions"]) if "detected_lesions" in df else np.full(len(df), np.nan)
+
+    rows = np.zeros((len(df), width))
+    has_cls = (true >= 0) & classify
+    rows[:, lay["n_cls"]] = has_cls[:, None]
+    rows[:, lay["correct"]] = (has_cls & (true == pred))[:, None]
+    conf = np.zeros((len(df), k, k + 1))
+    sel = np.flatnonzero(has_cls)
+    conf[sel, true[sel], pred[sel]] = 1
+    rows[:, lay["conf"]] = conf.reshape(len(df), -1)
+    ok = ~np.isnan(dice)
+    rows[:, lay["dice_sum"]] = np.where(ok, dice, 0)[:, None]
+    rows[:, lay["dice_n"]] = ok[:, None]
+    ok_r = ~np.isnan(rec)
+    rows[:, lay["rec_sum"]] = np.where(ok_r, rec, 0)[:, None]
+    rows[:, lay["rec_n"]] = ok_r[:, None]
+    # intersection = dice * (|gt| + |pred|) / 2, so 2 * intersection / (|gt| + |pred|) pools exactly
+    px = gt_px + pr_px
+    ok_g = ok & ~np.isnan(px)
+    rows[:, lay["inter2"]] = np.where(ok_g, dice * np.nan_to_num(px), 0)[:, None]
+    rows[:, lay["denom"]] = np.where(ok_g, np.nan_to_num(px), 0)[:, None]
+    ok_d = ~np.isnan(gt_les) & ~np.isnan(det_les)
+    rows[:, lay["gt_les"]] = np.where(ok_d, gt_les, 0)[:, None]
+    rows[:, lay["det_les"]] = np.where(ok_d, det_les, 0)[:, None]
+
+    pid = df["patient_id"].astype(str).to_numpy()
+    patients, inv = np.unique(pid, return_inverse=True)
+    stats = np.zeros((len(patients), width))
+    np.add.at(stats, inv, rows)
+    return stats, list(patients)
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _figures(s: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Figures from summed stats ``s`` of shape (..., n_stats)."""
+    lay = _stat_layout(k)
+    g = lambda n: s[..., lay[n]][..., 0]  # noqa: E731
+    conf = s[..., lay["conf"]].reshape(s.shape[:-1] + (k, k + 1))
+    n = conf.sum(axis=(-1, -2))
+    row = conf.sum(-1)  # true k
+    col = conf[..., :k].sum(-2)  # predicted k
+    diag = np.diagonal(conf[..., :k], axis1=-2, axis2=-1)
+    sens = _div(diag, row)
+    spec = _div(n[..., None] - row - col + diag, n[..., None] - row)
+    bacc = _nanmean(sens, -1) if k else np.full(s.shape[:-1], np.nan)
+    out = {
+        "acc": _div(g("correct"), g("n_cls")),
+        "dice": _div(g("dice_sum"), g("dice_n")),
+        "recall": _div(g("rec_sum"), g("rec_n")),
+        "bacc": np.where(g("n_cls") > 0, bacc, np.nan),
+        "global_dice": _div(g("inter2"), g("denom")),
+        "detection_recall": _div(g("det_les"), g("gt_les")),
+    }
+    for i in range(k):
+        out[f"sens_{i}"] = sens[..., i]
+        out[f"spec_{i}"] = spec[..., i]
+    return out
+
+
+def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=axis)
+
+
+def summarise_group(
+    df: pd.DataFrame, classes: list[str], classify: bool, n_boot: int = N_BOOT, seed: int = SEED, key: str = ""
+) -> dict:
+    """Figures of one strategy x init: mean over folds and a patient bootstrap 95% interval.
+
+    ``df``: its held-out rows (``fold``, ``patient_id``, ``true_cls``, ``pred_cls``, ``dice``, ...).
+    """
+    k = len(classes)
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    per_fold, boot = [], []
+    for _, fdf in sorted(df.groupby("fold"), key=lambda t: t[0]):
+        stats, _ = _patient_stats(fdf, classes, classify)
+        per_fold.append(_figures(stats.sum(0), k))
+        if n_boot > 0:
+            draw = rng.integers(0, len(stats), size=(n_boot, len(stats)))
+            boot.append(_figures(stats[draw].sum(1), k))
+    out: dict = {}
+    lay = _stat_layout(k)
+    for name in per_fold[0]:
+        vals = np.array([f[name] for f in per_fold], dtype=float)
+        out[name] = float(_nanmean(vals, 0)) if np.isfinite(vals).any() else math.nan
+        if name in METRICS:
+            lo = hi = math.nan
+            if boot and np.isfinite(out[name]):
+                b = _nanmean(np.stack([f[name] for f in boot]), 0)
+                b = b[np.isfinite(b)]
+                if b.size:
+                    lo, hi = (float(x) for x in np.percentile(b, [2.5, 97.5]))
+            out[f"{name}_lo"], out[f"{name}_hi"] = lo, hi
+    for i, c in enumerate(classes):
+        out[f"sens_{c}"] = out.pop(f"sens_{i}")
+        out[f"spec_{c}"] = out.pop(f"spec_{i}")
+    all_stats, _ = _patient_stats(df, classes, classify)
+    tot = all_stats.sum(0)
+    out["acc_n_slices"] = int(tot[lay["n_cls"]][0])
+    out["dice_n_slices"] = int(tot[lay["dice_n"]][0])
+    out["recall_n_slices"] = int(tot[lay["rec_n"]][0])
+    out["n_slices"] = int(len(df))
+    out["n_patients"] = int(df["patient_id"].astype(str).nunique())
+    conf = tot[lay["conf"]].reshape(k, k + 1).astype(int)
+    out["confusion"] = json.dumps(conf.tolist()) if classify else ""
+    return out
+
+
+def summarise(
+    per_slice: pd.DataFrame,
+    experiment: dict | None = None,
+    not_run: dict[tuple[str, str], str] | None = None,
+    folds_done: dict[tuple[str, str], list[int]] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+) -> pd.DataFrame:
+    """One row per strategy x init (the paper's 12, plus any other found), paper order.
+
+    ``experiment``: the runner's description (``strategies``, ``inits``, ``folds``, ``classes``);
+    ``not_run``: (strategy, init) -> reason; ``folds_done``: (strategy, init) -> finished folds
+    (default: the folds present in ``per_slice``).
+    """
+    experiment = experiment or {}
+    not_run = not_run or {}
+    classes = class_names_of(per_slice, experiment.get("classes", ()))
+    requested_s = list(experiment.get("strategies", STRATEGIES))
+    requested_i = list(experiment.get("inits", INITS))
+    n_expected = experiment.get("folds")
+    keys = [(s, i) for s in STRATEGIES for i in INITS]
+    found = set(zip(per_slice["strategy"], per_slice["init"])) | set(not_run) | set(folds_done or {})
+    keys += sorted(k for k in found if k not in keys)
+    rows = []
+    for s, i in keys:
+        g = per_slice[(per_slice["strategy"] == s) & (per_slice["init"] == i)]
+        done = sorted((folds_done or {}).get((s, i), sorted(set(g["fold"].astype(int)))))
+        row: dict = {"strategy": s, "init": i}
+        if (s, i) in not_run:
+            status = f"not run: {not_run[(s, i)]}"
+        elif s not in requested_s or i not in requested_i:
+            status = "not run: not requested"
+        elif not done:
+            status = "not run: pending"
+        elif n_expected and len(done) < int(n_expected):
+            status = f"partial: {len(done)}/{int(n_expected)} folds"
+        else:
+            status = "done"
+        row["status"] = status
+        row["folds_done"] = len(done)
+        row["folds_expected"] = int(n_expected) if n_expected else len(done)
+        if len(g):
+            classify = s in CLASSIFYING if s in CLASSIFYING | SEGMENTING else g["pred_cls"].notna().any()
+            row.update(summarise_group(g, classes, classify, n_boot=n_boot, seed=seed, key=f"{s}/{i}"))
+        for m in ("acc", "dice", "recall"):
+            v = paper_value(s, i, m)
+            row[f"paper_{m}"] = math.nan if v is None else v
+        rows.append(row)
+    cols = ["strategy", "init", "status", "folds_done", "folds_expected"]
+    for m in METRICS:
+        cols += [m, f"{m}_lo", f"{m}_hi"]
+    cols += [f"sens_{c}" for c in classes] + [f"spec_{c}" for c in classes]
+    cols += ["acc_n_slices", "dice_n_slices", "recall_n_slices", "n_slices", "n_patients", "confusion",
+             "paper_acc", "paper_dice", "paper_recall"]
+    return pd.DataFrame(rows).reindex(columns=cols)
+
+
+def format_cell(v, lo=math.nan, hi=math.nan, digits: int = 2) -> str:
+    """``0.71 [0.65, 0.77]``; ``0.71`` without an interval; ``–`` for a missing figure."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    s = f"{v:.{digits}f}"
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        s += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return s
+
+
+def footnote(phantoms: bool, n_boot: int = N_BOOT) -> str:
+    """The metric definitions printed under every table."""
+    lines = [
+        "Acc: slice-level lesion-type accuracy on held-out folds (a slice without a predicted class counts as wrong). "
+        "Dice: lesion Dice per slice, averaged over slices. Recall: lesion pixel sensitivity per slice, averaged over slices. "
+        "Balanced accuracy, per-class sensitivity/specificity, global Dice and lesion-wise detection recall are in results.csv.",
+        f"Each figure: mean over held-out folds; in brackets a 95% percentile bootstrap interval over patients "
+        f"({n_boot} resamples, seed {SEED}, patients resampled within their fold). n: held-out slices / patients.",
+        f"Paper: {PAPER_REF}; it does not state its metric definitions or folds, so its numbers are for "
+        "orientation, not a like-for-like comparison. – : not reported / not applicable.",
+    ]
+    text = "\n".join(f"{j + 1}. {t}" for j, t in enumerate(lines))
+    if phantoms:
+        text = ("**Numbers from phantoms**: synthetic CT made by `monai_liver.data.phantoms`, not the paper's "
+                "private data; they show that the pipeline runs end to end, not how it performs on patients.\n\n" + text)
+    return text
+
+
+def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int = N_BOOT) -> str:
+    """The table laid out like the paper's: ours (Acc, Dice, Recall with 95% intervals), the paper's
+    numbers beside, then n, status and a footnote with the definitions."""
+    head = ("| Strategy | Init | Acc | Dice | Recall | Paper Acc | Paper Dice | Paper Recall | n (slices / patients) | Status |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines = [head]
+    for _, r in results.iterrows():
+        ours = [format_cell(r.get(m), r.get(f"{m}_lo"), r.get(f"{m}_hi")) for m in ("acc", "dice", "recall")]
+        paper = [format_cell(r.get(f"paper_{m}")) for m in ("acc", "dice", "recall")]
+        n = f"{int(r['n_slices'])} / {int(r['n_patients'])}" if pd.notna(r.get("n_slices")) else "–"
+        lines.append(
+            f"| {STRATEGY_TITLES.get(r['strategy'], r['strategy'])} | {INIT_TITLES.get(r['init'], r['init'])} | "
+            + " | ".join(ours + paper) + f" | {n} | {r['status']} |"
+        )
+    title = "# Results" + (" (phantoms)" if phantoms else "")
+    return f"{title}\n\n" + "\n".join(lines) + "\n\n" + footnote(phantoms, n_boot) + "\n"
+
+
+def _not_run(out_dir: Path) -> dict[tuple[str, str], str]:
+    out = {}
+    for p in sorted((out_dir / "runs").glob("*/*/NOT_RUN")):
+        reason = " ".join(p.read_text().split()) or "skipped"
+        out[(p.parent.parent.name, p.parent.name)] = reason
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def aggregate(out_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> dict[str, Path]:
+    """Write ``per_slice.csv``, ``results.csv`` and ``results.md`` into ``out_dir`` from its finished
+    runs; returns their paths. Safe to call at any time (unfinished runs are left out)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise LiverError(f"{out_dir}: not a folder (expected an experiment output folder)")
+    exp = read_experiment(out_dir)
+    runs = find_runs(out_dir)
+    not_run = _not_run(out_dir)
+    if not runs and not not_run and not exp:
+        raise LiverError(f"{out_dir}: no experiment here (no runs/<strategy>/<init>/fold<k> folders, no experiment.json)")
+    per_slice = load_per_slice(out_dir, runs)
+    folds_done: dict[tuple[str, str], list[int]] = {}
+    for r in runs:
+        if r.done:
+            folds_done.setdefault((r.strategy, r.init), []).append(r.fold)
+    results = summarise(per_slice, exp, not_run, folds_done, n_boot=n_boot, seed=seed)
+    phantoms = exp.get("data") == "phantoms"
+    paths = {"per_slice": out_dir / "per_slice.csv", "results": out_dir / "results.csv", "markdown": out_dir / "results.md"}
+    _atomic_write(paths["per_slice"], per_slice.to_csv(index=False))
+    _atomic_write(paths["results"], results.to_csv(index=False, float_format="%.4f"))
+    _atomic_write(paths["markdown"], results_markdown(results, phantoms=phantoms, n_boot=n_boot))
+    return paths
