@@ -242,3 +242,18 @@ def test_lesion_outside_liver_warns(tmp_path, capsys):
     rc, errors, warns, out = _validate_cli(capsys, dl_path)
     assert rc == 0 and not errors and len(warns) == 1, out
     assert "100% of the lesion lies outside the liver mask" in warns[0]
+
+
+# ---------------------------------------------------------------- real CT
+
+
+def test_real_dicom_series_with_las_mask(real_dir):
+    """A DICOM series with a NIfTI liver mask stored in another orientation (LAS) is consistent; the
+    same mask over another scan is not."""
+    item = {"image": "totalseg_dicom/ct", "label": "totalseg_dicom/liver.nii.gz", "patient_id": "a", "fold": 0}
+    dl = {"n_folds": 1, "classes": [], "dataset_dir": str(real_dir), "training": [item]}
+    assert validate_datalist(dl) == []
+    dl["training"][0] = dict(item, image="totalseg_ct/ct.nii.gz")
+    problems = validate_datalist(dl)
+    assert [(p.level, p.path) for p in problems] == [("error", str(real_dir / "totalseg_dicom/liver.nii.gz"))]
+    assert "mask shape (512, 512, 20) differs from the image's (122, 101, 30)" in problems[0].message
