@@ -29,6 +29,8 @@ __all__ = [
     "is_nifti",
     "load_ct",
     "load_mask",
+    "read_mask",
+    "align_mask",
     "read_geometry",
     "resample_nearest",
     "to_canonical",
@@ -482,6 +484,76 @@ def _as_label_map(data: np.ndarray, path: Path) -> np.ndarray:
     return data.astype(np.uint8 if hi <= 255 else np.int32, copy=False)
 
 
+def read_mask(
+    path: PathLike, reference_affine: np.ndarray | None = None, reference_depth: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a mask on its own grid: (label map (X, Y, Z) RAS+ canonical, affine 4x4 RAS mm).
+
+    NIfTI, DICOM SEG (voxel value = segment number 1..K; frames placed by position, on the
+    grid of ``reference_affine`` along the slice normal when given with ``reference_depth`` > 1
+    slices), or a DICOM label image. Values must be non-negative integers; dtype uint8 (int32
+    when a value exceeds 255). Use :func:`align_mask` to put it on a CT's grid.
+    """
+    path = Path(path)
+    _check_exists(path)
+    if path.is_file() and is_nifti(path):
+        raw, affine = _read_nifti(path, "mask")
+        data = _as_label_map(raw, path)
+    elif path.is_file() and _is_dicom_file(path) and _is_dicom_seg(path):
+        data, affine = _read_dicom_seg(path, reference_affine, reference_depth)
+    elif path.is_dir() or _is_dicom_file(path):
+        raw, affine = _read_dicom_image(path)
+        data = _as_label_map(raw, path)
+    else:
+        raise LiverError(f"{path}: not a NIfTI (.nii, .nii.gz), DICOM SEG or DICOM file.")
+    data, affine = to_canonical(data, affine)
+    return np.ascontiguousarray(data), affine
+
+
+def _check_shape(path: PathLike, shape) -> tuple[int, int, int] | None:
+    if shape is None:
+        return None
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        shape = shape + (1,)
+    if len(shape) != 3:
+        raise LiverError(f"{path}: reference shape {shape} is not 2D or 3D.")
+    return shape
+
+
+def align_mask(
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: PathLike,
+    reference_affine: np.ndarray | None = None,
+    reference_shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Put a mask from :func:`read_mask` on a reference grid (see :func:`load_mask`).
+
+    ``path`` only names the mask in errors. Raises LiverError when the mask cannot be aligned
+    (shapes differ without a reference affine, or the mask lies wholly outside the image).
+    """
+    ref_shape = _check_shape(path, reference_shape)
+    if reference_affine is None:
+        if ref_shape is not None and tuple(data.shape) != ref_shape:
+            raise LiverError(f"{path}: mask shape {tuple(data.shape)} does not match the image shape {ref_shape}.")
+        return data
+    reference_affine = np.asarray(reference_affine, dtype=np.float64)
+    ref_shape = ref_shape or tuple(data.shape)
+    if _same_grid(affine, data.shape, reference_affine, ref_shape):
+        return data
+    outside = _fraction_outside(data, affine, reference_affine, ref_shape)
+    if outside >= 1.0:
+        raise LiverError(
+            f"{path}: mask of shape {tuple(data.shape)} does not overlap the image of shape {ref_shape} "
+            "(their positions in space differ); cannot align it."
+        )
+    if outside > 0.01 and ref_shape[2] > 1:  # a single reference slice drops the rest by design
+        logger.warning("%s: %.0f%% of the mask lies outside the image and is dropped", path, 100 * outside)
+    logger.debug("%s: resampling mask %s onto image grid %s", path, data.shape, ref_shape)
+    return resample_nearest(data, affine, reference_affine, ref_shape)
+
+
 def load_mask(
     path: PathLike,
     reference_affine: np.ndarray | None = None,
@@ -496,46 +568,10 @@ def load_mask(
     DICOM SEG: voxel value = segment number (1..K), frames placed by position.
     Raises LiverError naming the path when the file cannot be read or aligned.
     """
-    path = Path(path)
-    _check_exists(path)
-    if reference_shape is not None:
-        reference_shape = tuple(int(s) for s in reference_shape)
-        if len(reference_shape) == 2:
-            reference_shape = reference_shape + (1,)
-        if len(reference_shape) != 3:
-            raise LiverError(f"{path}: reference shape {reference_shape} is not 2D or 3D.")
-    if path.is_file() and is_nifti(path):
-        raw, affine = _read_nifti(path, "mask")
-        data = _as_label_map(raw, path)
-    elif path.is_file() and _is_dicom_file(path) and _is_dicom_seg(path):
-        depth = reference_shape[2] if reference_shape is not None else 0
-        data, affine = _read_dicom_seg(path, reference_affine, depth)
-    elif path.is_dir() or _is_dicom_file(path):
-        raw, affine = _read_dicom_image(path)
-        data = _as_label_map(raw, path)
-    else:
-        raise LiverError(f"{path}: not a NIfTI (.nii, .nii.gz), DICOM SEG or DICOM file.")
-    data, affine = to_canonical(data, affine)
-
-    if reference_affine is None:
-        if reference_shape is not None and tuple(data.shape) != reference_shape:
-            raise LiverError(f"{path}: mask shape {tuple(data.shape)} does not match the image shape {reference_shape}.")
-        return np.ascontiguousarray(data)
-
-    reference_affine = np.asarray(reference_affine, dtype=np.float64)
-    ref_shape = reference_shape or tuple(data.shape)
-    if _same_grid(affine, data.shape, reference_affine, ref_shape):
-        return np.ascontiguousarray(data)
-    outside = _fraction_outside(data, affine, reference_affine, ref_shape)
-    if outside >= 1.0:
-        raise LiverError(
-            f"{path}: mask of shape {tuple(data.shape)} does not overlap the image of shape {ref_shape} "
-            "(their positions in space differ); cannot align it."
-        )
-    if outside > 0.01 and ref_shape[2] > 1:  # a single reference slice drops the rest by design
-        logger.warning("%s: %.0f%% of the mask lies outside the image and is dropped", path, 100 * outside)
-    logger.debug("%s: resampling mask %s onto image grid %s", path, data.shape, ref_shape)
-    return resample_nearest(data, affine, reference_affine, ref_shape)
+    ref_shape = _check_shape(path, reference_shape)
+    depth = ref_shape[2] if ref_shape is not None else 0
+    data, affine = read_mask(path, reference_affine, depth)
+    return align_mask(data, affine, Path(path), reference_affine, ref_shape)
 
 
 def _is_dicom_seg(path: Path) -> bool:
