@@ -1,0 +1,364 @@
+"""Ignite handlers the bundles need and MONAI does not provide.
+
+Why not MONAI's ``CheckpointSaver`` / ``CheckpointLoader`` for the checkpoints: MONAI's
+``CheckpointSaver`` writes through ignite's ``DiskSaver(atomic=False)`` (see
+``monai/handlers/checkpoint_saver.py``, ``_DiskSaver.__init__``), deletes the previous file before
+writing the new one with a fixed filename, and, through ignite's ``Checkpoint``, stores a single
+object as a bare state dict instead of ``{"model": ...}``. An interrupted save can therefore leave
+no model at all. Our savers write to a temporary file in the same folder and ``os.replace`` it
+(atomic on POSIX and Windows). The resume checkpoint also holds the trainer's epoch, which a
+``CheckpointLoader`` in ``train#handlers`` could only get through a reference cycle
+(``train#trainer`` -> ``train#handlers`` -> ``train#trainer``); the handler takes it from the
+engine it is attached to instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from monai_liver.engine.metrics import METRIC_NAMES
+from monai_liver.errors import LiverError
+
+__all__ = [
+    "atomic_save",
+    "unwrap",
+    "rank",
+    "load_model",
+    "BestModelSaver",
+    "ResumeCheckpoint",
+    "EpochLogger",
+    "EarlyStop",
+    "ProgressBar",
+    "rank_handlers",
+]
+
+logger = logging.getLogger("monai_liver.engine")
+
+LOG_COLUMNS: tuple[str, ...] = ("epoch", "loss", "lr", *METRIC_NAMES)
+
+
+def rank() -> int:
+    """This process's rank (0 without torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel``, else ``net``."""
+    return net.module if isinstance(net, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else net
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file next to ``path``, then ``os.replace``: readers see the
+    old file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _load(path: str | Path, map_location: Any = "cpu") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise LiverError(f"{path}: checkpoint file does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, pickled code
+        raise LiverError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def load_model(network: torch.nn.Module, path: str | Path, map_location: Any = "cpu") -> torch.nn.Module:
+    """Load ``{"model": state_dict}`` (or a bare state dict) from ``path`` into ``network`` (strict).
+
+    LiverError when the file is missing or unreadable or its tensors do not fit the network (a
+    checkpoint of another strategy or backbone). Returns ``network``.
+    """
+    ckpt = _load(path, map_location)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LiverError(f"{path}: checkpoint has no 'model' state dict")
+    target = unwrap(network)
+    own = target.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        raise LiverError(
+            f"{path}: checkpoint does not fit the {type(target).__name__} network "
+            f"({len(missing)} tensors missing, {len(unexpected)} unexpected, {len(shapes)} of another shape); "
+            "was it trained by another bundle or with other classes?"
+        )
+    target.load_state_dict(state, strict=True)
+    logger.info(f"loaded {len(state)} tensors from {path}")
+    return network
+
+
+def _finite(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return -math.inf
+    return v if math.isfinite(v) else -math.inf
+
+
+class BestModelSaver:
+    """Attach to the evaluator: after each validation, save ``{"model": state_dict, "key_metric",
+    "key_metric_value", "epoch"}`` to ``save_dir/filename`` (atomically, rank 0 only) when the key
+    metric improved. The first validation always saves (so a run always leaves a model).
+
+    Args:
+        save_dir: output folder.
+        network: the trained network (DDP is unwrapped).
+        key_metric_name: metric to compare; default the evaluator's ``key_metric_name``.
+        filename: default ``model.pt``.
+        resume: continue from the best value recorded in an existing ``filename`` (resumed runs);
+            otherwise an existing file is overwritten by the first validation.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        network: torch.nn.Module,
+        key_metric_name: str | None = None,
+        filename: str = "model.pt",
+        resume: bool = False,
+    ) -> None:
+        self.path = Path(save_dir) / filename
+        self.network = network
+        self.key_metric_name = key_metric_name
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        if resume and self.path.is_file():
+            ckpt = _load(self.path)
+            if isinstance(ckpt, Mapping) and "key_metric_value" in ckpt:
+                self.best = _finite(ckpt["key_metric_value"])
+                self.best_epoch = int(ckpt.get("epoch", 0))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
+        if name is None or name not in engine.state.metrics:
+            raise ValueError(f"BestModelSaver: metric '{name}' not computed by the evaluator")
+        score = _finite(engine.state.metrics[name])
+        if self.best is not None and score <= self.best:
+            return
+        self.best, self.best_epoch = score, int(engine.state.epoch)
+        if rank() == 0:
+            state = {k: v.detach().cpu() for k, v in unwrap(self.network).state_dict().items()}
+            value = float(engine.state.metrics[name])
+            atomic_save(
+                {"model": state, "key_metric": name, "key_metric_value": value, "epoch": self.best_epoch}, self.path
+            )
+            logger.info(f"saved {self.path} ({name} = {value:.4f} at epoch {self.best_epoch})")
+
+
+class ResumeCheckpoint:
+    """Attach to the trainer: save the full training state after every epoch to ``path`` (atomic,
+    rank 0), and, if ``path`` exists when training starts, restore it so that an interrupted run
+    continues from its last finished epoch.
+
+    Args:
+        path: e.g. ``<output_dir>/checkpoint_last.pt``.
+        save_dict: ``{"model": net, "optimizer": opt, "lr_scheduler": sched, ...}``: objects with
+            ``state_dict`` / ``load_state_dict``; the trainer's epoch and iteration are added.
+        map_location: for loading (each rank loads onto its own device).
+
+    The file holds tensors and numbers only, so it loads with ``torch.load(weights_only=True)``.
+    An early-stopped run is recorded as such and is not trained further on resume.
+    """
+
+    def __init__(self, path: str | Path, save_dict: Mapping[str, Any], map_location: Any = "cpu") -> None:
+        self.path = Path(path)
+        self.save_dict = dict(save_dict)
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+
+    def load(self, engine: Engine) -> None:
+        if not self.path.is_file():
+            return
+        ckpt = _load(self.path, self.map_location)
+        for key, obj in self.save_dict.items():
+            if key not in ckpt:
+                raise LiverError(f"{self.path}: resume checkpoint has no '{key}'; delete it to start again")
+            try:
+                unwrap(obj).load_state_dict(ckpt[key]) if isinstance(obj, torch.nn.Module) else obj.load_state_dict(ckpt[key])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise LiverError(
+                    f"{self.path}: resume checkpoint does not fit this run's {key} ({str(e).splitlines()[0][:160]}); "
+                    "delete it or use another output_dir"
+                ) from None
+        epoch, iteration = int(ckpt["trainer"]["epoch"]), int(ckpt["trainer"]["iteration"])
+        if epoch > engine.state.max_epochs:
+            raise LiverError(f"{self.path}: resume checkpoint is at epoch {epoch}, beyond epochs={engine.state.max_epochs}")
+        engine.state.epoch, engine.state.iteration = epoch, iteration
+        logger.info(f"resumed from {self.path} at epoch {epoch}")
+        if bool(ckpt["trainer"].get("early_stopped", 0)):
+            logger.info("the resumed run had stopped early; not training further")
+            engine.terminate()
+
+    def save(self, engine: Engine) -> None:
+        if rank() != 0:
+            return
+        ckpt: dict[str, Any] = {key: obj.state_dict() for key, obj in self.save_dict.items()}
+        if "model" in self.save_dict:
+            ckpt["model"] = unwrap(self.save_dict["model"]).state_dict()
+        ckpt["trainer"] = {
+            "epoch": int(engine.state.epoch),
+            "iteration": int(engine.state.iteration),
+            "early_stopped": int(bool(engine.should_terminate)),
+        }
+        atomic_save(ckpt, self.path)
+
+
+class EpochLogger:
+    """Attach to the trainer: one row per epoch in ``path`` (CSV) with ``epoch, loss, lr,
+    val_dice, val_recall, val_acc, val_bacc`` (mean training loss, the learning rate the epoch ran
+    with, the evaluator's metrics when it ran this epoch; empty where there is none). Every rank
+    logs one line per epoch (``rank r: epoch e/E loss x``); only rank 0 writes the file. On start,
+    rows of epochs after the (possibly resumed) current epoch are dropped, so a resumed run continues
+    the file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        evaluator: Engine | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        metric_names: Sequence[str] = METRIC_NAMES,
+    ) -> None:
+        self.path = Path(path)
+        self.evaluator = evaluator
+        self.optimizer = optimizer
+        self.metric_names = tuple(metric_names)
+        self._losses: list[float] = []
+        self._lr: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def started(self, engine: Engine) -> None:
+        if rank() != 0:
+            return
+        rows: list[dict] = []
+        if self.path.is_file() and engine.state.epoch > 0:
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("epoch") and int(r["epoch"]) <= engine.state.epoch]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._losses = []
+        self._lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else None
+
+    def iteration_completed(self, engine: Engine) -> None:
+        out = engine.state.output
+        loss = out.get("loss") if isinstance(out, Mapping) else None
+        if loss is not None:
+            self._losses.append(float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss))
+
+    def epoch_completed(self, engine: Engine) -> None:
+        loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
+        row: dict[str, Any] = {"epoch": engine.state.epoch, "loss": f"{loss:.6g}", "lr": "" if self._lr is None else f"{self._lr:.6g}"}
+        ev = self.evaluator
+        if ev is not None and getattr(ev.state, "epoch", None) == engine.state.epoch:
+            for name in self.metric_names:
+                if name in ev.state.metrics:
+                    row[name] = f"{float(ev.state.metrics[name]):.6g}"
+        logger.info(
+            f"rank {rank()}: epoch {engine.state.epoch}/{engine.state.max_epochs} loss {loss:.4f} "
+            f"({len(self._losses)} iterations)"
+            + "".join(f" {k} {row[k]}" for k in self.metric_names if k in row)
+        )
+        if rank() == 0:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=list(LOG_COLUMNS), extrasaction="ignore").writerow(row)
+
+
+class EarlyStop:
+    """Attach to the trainer: stop when the evaluator's key metric has not improved for
+    ``patience`` validations (MONAI's ``EarlyStopHandler`` scores every epoch, so with
+    ``val_interval > 1`` it would count epochs without a validation; and configured on the
+    evaluator it needs the trainer, a reference cycle in a bundle config). ``patience <= 0``
+    disables it."""
+
+    def __init__(self, patience: int, evaluator: Engine, min_delta: float = 0.0) -> None:
+        self.patience, self.evaluator, self.min_delta = int(patience), evaluator, float(min_delta)
+        self.best: float | None = None
+        self.counter = 0
+
+    def attach(self, engine: Engine) -> None:
+        if self.patience > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        ev = self.evaluator
+        if getattr(ev.state, "epoch", None) != engine.state.epoch:
+            return
+        score = _finite(ev.state.metrics.get(ev.state.key_metric_name))
+        if self.best is None or score > self.best + self.min_delta:
+            self.best, self.counter = score, 0
+            return
+        self.counter += 1
+        if self.counter >= self.patience:
+            logger.info(f"early stop at epoch {engine.state.epoch}: no improvement in {self.patience} validations")
+            engine.terminate()
+
+
+class ProgressBar:
+    """tqdm progress bar with the running loss (ignite's ``ProgressBar``, whose ``attach`` needs
+    the output transform that MONAI's handler lists cannot pass)."""
+
+    def __init__(self, persist: bool = False) -> None:
+        from ignite.handlers import ProgressBar as _Bar
+
+        self.bar = _Bar(persist=persist)
+
+    def attach(self, engine: Engine) -> None:
+        self.bar.attach(engine, output_transform=lambda out: {"loss": float(out["loss"].detach())})
+
+
+#: handlers that only rank 0 needs (printing, tracking); everything else runs on every rank.
+_RANK0_ONLY: tuple[str, ...] = ("StatsHandler", "ProgressBar", "MLFlowHandler", "TensorBoardStatsHandler")
+
+
+def rank_handlers(handlers: Sequence[Any] | None) -> list[Any] | None:
+    """``handlers`` for this rank: on ranks > 0 drop the printing / tracking handlers. Validation,
+    LR schedule, early stop, resume and the savers stay (the savers write on rank 0 only)."""
+    if handlers is None:
+        return None
+    if rank() == 0:
+        return list(handlers)
+    return [h for h in handlers if type(h).__name__ not in _RANK0_ONLY]
+
