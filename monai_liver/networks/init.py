@@ -1,0 +1,304 @@
+"""Weight initialisation: ``initialise(net, init, ...)`` for scratch | imagenet | lits.
+
+One mechanism for every strategy network: they all name their layers as FlexibleUNet does
+(``encoder.*``, ``decoder.*``, ``segmentation_head.*``, plus ``cls_head.*``), so a source state dict
+is mapped onto the target by name, with explicit rules where names or shapes differ:
+
+- imagenet: MONAI's EfficientNet ImageNet weights (the files of ``monai.networks.nets.efficientnet.
+  url_map``, in EfficientNet-PyTorch naming: ``_blocks.<i>.*``) -> ``encoder.*`` (MONAI nests the
+  blocks per stage: ``_blocks.<stage>.<i>.*``). The RGB stem kernels (O, 3, k, k) are summed into
+  one grey channel (O, 1, k, k), so a CT slice uses every pretrained filter. The ImageNet
+  classifier (``_conv_head``, ``_bn1``, ``_fc``) has no counterpart and is skipped.
+- lits: a ``lits_pretrain`` checkpoint (3-class U-Net) -> encoder, decoder and segmentation head.
+  The joint network's channels start from the checkpoint's: background and liver from theirs,
+  every lesion-type channel from the lesion channel. Classification heads start random.
+
+Counts returned (``num_batches_tracked`` counters are copied when present but never counted):
+``loaded`` network tensors set from the file, ``mapped`` those of them whose name or values were
+translated (renamed, stem summed, head rows copied), ``skipped`` file tensors not used,
+``reinitialised`` network tensors left at their random initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional, Union
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from monai_liver.constants import INITS
+from monai_liver.errors import LiverError
+
+__all__ = ["imagenet_file_name", "imagenet_cache_path", "initialise", "initialised", "load_state_dict_file"]
+
+PathLike = Union[str, Path]
+_LOG = logging.getLogger(__name__)
+#: MONAI's EfficientNet key -> EfficientNet-PyTorch key: drop the stage index of the blocks
+#: (the same rule as monai.networks.nets.efficientnet._load_state_dict).
+_BLOCK_PATTERN = re.compile(r"(.+)\.\d+(\.\d+\..+)")
+_STEM = "_conv_stem.weight"
+_SEG_HEAD = "segmentation_head.0."
+
+
+def _counted(key: str) -> bool:
+    return not key.endswith("num_batches_tracked")
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """The strategy network inside DDP / DataParallel / TensorOutput wrappers."""
+    while hasattr(net, "module") or (hasattr(net, "net") and not hasattr(net, "encoder")):
+        net = getattr(net, "module", None) or net.net
+    return net
+
+
+def load_state_dict_file(path: PathLike, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """Read a PyTorch weights file safely: ``torch.load(weights_only=True)`` on CPU.
+
+    Accepts ``{"model": state_dict, ...}`` (our checkpoints, MONAI's CheckpointSaver),
+    ``{"state_dict": state_dict}`` or a plain state dict; strips a DDP ``module.`` prefix.
+    Raises LiverError naming the file when it is missing, unreadable, holds Python objects other
+    than tensors (refused, never executed), or holds no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LiverError(f"{path}: {what} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LiverError(
+            f"{path}: refused to load {what}: it holds Python objects other than tensors, which "
+            f"torch.load(weights_only=True) does not run ({first})"
+        ) from e
+    except Exception as e:  # truncated zip, not a torch file, ...
+        raise LiverError(f"{path}: cannot be read as a PyTorch {what} ({type(e).__name__}: {e})") from e
+    for key in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping):
+        raise LiverError(f"{path}: {what} holds a {type(obj).__name__}, not a state dict of tensors")
+    sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise LiverError(f"{path}: {what} holds no tensors")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+# ---------------------------------------------------------------------------------------- imagenet
+
+
+def _imagenet_url(net: nn.Module) -> tuple[str, str]:
+    """(backbone, url) of the ImageNet weights for ``net``'s encoder; LiverError if none exist."""
+    from monai.networks.nets.efficientnet import EfficientNetBNFeatures, url_map
+
+    backbone = str(getattr(net, "backbone", "?"))
+    encoder = getattr(net, "encoder", None)
+    if not isinstance(encoder, EfficientNetBNFeatures) or backbone not in url_map:
+        have = ", ".join(k for k in url_map if k.startswith("efficientnet-"))
+        raise LiverError(f"backbone '{backbone}': no ImageNet weights exist for it (available for {have})")
+    if not isinstance(encoder._conv_stem, nn.Conv2d):
+        raise LiverError(f"backbone '{backbone}': ImageNet weights are 2D; build the network with spatial_dims=2")
+    return backbone, url_map[backbone]
+
+
+def imagenet_file_name(backbone: str = "efficientnet-b0") -> str:
+    """File name of MONAI's ImageNet weights for ``backbone``, e.g. ``efficientnet-b0-355c32eb.pth``."""
+    from monai.networks.nets.efficientnet import url_map
+
+    if backbone not in url_map:
+        raise LiverError(f"backbone '{backbone}': no ImageNet weights exist for it")
+    return Path(urlparse(url_map[backbone]).path).name
+
+
+def imagenet_cache_path(backbone: str = "efficientnet-b0") -> Path:
+    """Where torch hub (and MONAI's ``pretrained=True``) keeps the file: ``<hub dir>/checkpoints/<name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / imagenet_file_name(backbone)
+
+
+def _imagenet_state_dict(
+    backbone: str, url: str, imagenet_weights: Optional[PathLike], download: bool
+) -> tuple[dict[str, torch.Tensor], str]:
+    """ImageNet state dict and where it came from: explicit file, hub cache, or download."""
+    what = f"ImageNet weights file for {backbone}"
+    if imagenet_weights:
+        return load_state_dict_file(imagenet_weights, what), str(imagenet_weights)
+    cached = imagenet_cache_path(backbone)
+    if cached.is_file():
+        return load_state_dict_file(cached, what), str(cached)
+    reason = "download disabled"
+    if download:
+        try:
+            obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+        except Exception as e:  # no network, proxy, HTTP error, ...
+            reason = f"download failed: {type(e).__name__}"
+        else:
+            if cached.is_file():  # the hub saved it there; read it through the same checks
+                return load_state_dict_file(cached, what), url
+            return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, url
+    raise LiverError(
+        f"{cached}: ImageNet weights for {backbone} not found ({reason}); download {url} "
+        f"and put {cached.name} in {cached.parent}, or pass the file with --imagenet_weights"
+    )
+
+
+def _init_imagenet(
+    net: nn.Module, imagenet_weights: Optional[PathLike], download: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, int], str, list[str]]:
+    backbone, url = _imagenet_url(net)
+    source, origin = _imagenet_state_dict(backbone, url, imagenet_weights, download)
+    target = net.state_dict()
+    new: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    mapped = 0
+    enc_keys = [k for k in target if k.startswith("encoder.")]
+    for key in enc_keys:
+        name = key[len("encoder.") :]
+        # a file in MONAI's own naming is accepted too
+        src_key = name if name in source else _BLOCK_PATTERN.sub(r"\1\2", name)
+        value = source.get(src_key)
+        if value is None:
+            continue
+        want = target[key].shape
+        if name == _STEM and value.ndim == len(want) and value.shape[1] != want[1] and value.shape[0] == want[0]:
+            # RGB -> c channels: each new channel gets sum(RGB) / c, so c = 1 is the plain sum
+            value = value.sum(dim=1, keepdim=True).div(want[1]).expand(-1, want[1], *value.shape[2:])
+        if value.shape != want:
+            continue
+        new[key] = value
+        used.add(src_key)
+        mapped += int(src_key != name or name == _STEM and value.shape != source[src_key].shape)
+    n_enc = sum(_counted(k) for k in enc_keys)
+    n_hit = sum(_counted(k) for k in new)
+    if n_hit < n_enc:
+        raise LiverError(
+            f"{origin}: does not look like ImageNet weights for {backbone}: {n_hit} of {n_enc} encoder tensors match"
+        )
+    skipped = [k for k in source if k not in used and _counted(k)]
+    counts = {"loaded": n_hit, "mapped": mapped, "skipped": len(skipped)}
+    return new, counts, origin, skipped
+
+
+# -------------------------------------------------------------------------------------------- lits
+
+
+def _init_lits(
+    net: nn.Module, lits_checkpoint: Optional[PathLike]
+) -> tuple[dict[str, torch.Tensor], dict[str, int], str, list[str]]:
+    if not lits_checkpoint:
+        raise LiverError("init 'lits' needs the lits_pretrain checkpoint (model.pt): pass --lits_checkpoint")
+    source = load_state_dict_file(lits_checkpoint, "lits_pretrain checkpoint")
+    target = net.state_dict()
+    new: dict[str, torch.Tensor] = {}
+    mapped = 0
+    enc_keys = [k for k in target if k.startswith("encoder.")]
+    n_enc = sum(_counted(k) for k in enc_keys)
+    n_hit = sum(_counted(k) for k in enc_keys if k in source and source[k].shape == target[k].shape)
+    if n_hit < n_enc:
+        backbone = getattr(net, "backbone", "?")
+        raise LiverError(
+            f"{lits_checkpoint}: does not look like a lits_pretrain checkpoint for backbone {backbone}: "
+            f"{n_hit} of {n_enc} encoder tensors match"
+        )
+    for key, want in target.items():
+        if not key.startswith(("encoder.", "decoder.", "segmentation_head.")) or key not in source:
+            continue  # classification heads (new) start random
+        value = source[key]
+        if value.shape == want.shape:
+            new[key] = value
+        elif key.startswith(_SEG_HEAD) and value.shape[0] == 3 < want.shape[0] and value.shape[1:] == want.shape[1:]:
+            # joint: background, liver as they are; every lesion-type channel from the lesion channel
+            new[key] = torch.cat([value[:2], value[2:3].expand(want.shape[0] - 2, *value.shape[1:])])
+            mapped += 1
+        # any other shape difference: the tensor keeps its random initialisation (counted below)
+    skipped = [k for k in source if k not in new and _counted(k)]
+    counts = {"loaded": sum(_counted(k) for k in new), "mapped": mapped, "skipped": len(skipped)}
+    return new, counts, str(lits_checkpoint), skipped
+
+
+# ------------------------------------------------------------------------------------------ public
+
+
+def initialise(
+    net: nn.Module,
+    init: str,
+    imagenet_weights: Optional[PathLike] = None,
+    lits_checkpoint: Optional[PathLike] = None,
+    logger: Optional[logging.Logger] = None,
+    *,
+    download: bool = True,
+) -> dict[str, int]:
+    """Initialise ``net`` (from :func:`~monai_liver.networks.factory.build_network`) in place.
+
+    Args:
+        net: a strategy network (DDP / TensorOutput wrappers are looked through).
+        init: ``"scratch"`` (keep the random weights), ``"imagenet"`` (encoder from MONAI's
+            EfficientNet ImageNet weights) or ``"lits"`` (encoder, decoder and segmentation head from
+            a ``lits_pretrain`` checkpoint).
+        imagenet_weights: the ImageNet file to use; if empty, the torch hub cache
+            (:func:`imagenet_cache_path`) is tried, then a download.
+        lits_checkpoint: the ``lits_pretrain`` bundle's ``model.pt`` (``{"model": state_dict}`` or a
+            plain state dict).
+        logger: where the one summary line goes (default: this module's logger).
+        download: allow the ImageNet download when no file is found.
+
+    Returns:
+        ``{"loaded", "mapped", "skipped", "reinitialised"}`` tensor counts (see the module doc).
+
+    Raises:
+        LiverError: unknown init, missing / unreadable / unsafe file, weights of another
+            architecture, or no ImageNet weights available offline.
+    """
+    log = logger or _LOG
+    if init not in INITS:
+        raise LiverError(f"init '{init}' is not known; choose one of {', '.join(INITS)}")
+    net = _unwrap(net)
+    target = net.state_dict()
+    n_total = sum(_counted(k) for k in target)
+    if init == "scratch":
+        log.info(f"init scratch: all {n_total} tensors random")
+        return {"loaded": 0, "mapped": 0, "skipped": 0, "reinitialised": n_total}
+    if init == "imagenet":
+        new, counts, origin, skipped = _init_imagenet(net, imagenet_weights, download)
+    else:
+        new, counts, origin, skipped = _init_lits(net, lits_checkpoint)
+    state = dict(target)
+    for key, value in new.items():
+        state[key] = value.to(dtype=target[key].dtype).clone()
+    net.load_state_dict(state, strict=True)
+    random_keys = [k for k in target if k not in new and _counted(k)]
+    counts["reinitialised"] = len(random_keys)
+    groups = sorted({k.split(".")[0] for k in random_keys})
+    log.info(
+        f"init {init} from {origin}: loaded {counts['loaded']} tensors ({counts['mapped']} mapped), "
+        f"skipped {counts['skipped']} from the file{_examples(skipped)}, "
+        f"{counts['reinitialised']} random{_examples(groups)}"
+    )
+    return counts
+
+
+def initialised(
+    net: nn.Module,
+    init: str,
+    imagenet_weights: Optional[PathLike] = None,
+    lits_checkpoint: Optional[PathLike] = None,
+    logger: Optional[logging.Logger] = None,
+) -> nn.Module:
+    """:func:`initialise` that returns the network, for bundle configs:
+    ``"$monai_liver.networks.init.initialised(@network_def, @init, ...).to(@device)"``."""
+    initialise(net, init, imagenet_weights, lits_checkpoint, logger)
+    return net
+
+
+def _examples(names: list[str], n: int = 4) -> str:
+    if not names:
+        return ""
+    more = f", ... {len(names) - n} more" if len(names) > n else ""
+    return f" ({', '.join(names[:n])}{more})"
