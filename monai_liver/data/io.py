@@ -267,7 +267,6 @@ def _dicom_geometry(headers: list) -> tuple[tuple[int, int, int], np.ndarray]:
 def _read_dicom_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A DICOM file or series folder -> (HU float32 (X, Y, Z) stored order, RAS affine), via MONAI."""
     from monai.data import ITKReader
-    from monai.transforms import LoadImage
 
     if path.is_dir():
         _check_dicom_folder(path)
@@ -283,14 +282,17 @@ def _read_dicom_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise LiverError(f"{path}: DICOM {modality or 'object'} holds no CT image; expected a CT image file or series.")
     # ITKReader: GDCM sorts a series by ImagePositionPatient along the slice normal and applies
     # RescaleSlope/Intercept; MONAI turns ITK's LPS affine into RAS.
+    # (the reader is used directly, not through LoadImage, which also instantiates every other
+    # MONAI reader and logs about optional GPU decoders on each call)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = LoadImage(reader=ITKReader(), image_only=True, dtype=np.float32)(str(path))
+            reader = ITKReader(affine_lps_to_ras=True)
+            data, meta = reader.get_data(reader.read(str(path)))
     except Exception as e:
         raise LiverError(f"{path}: cannot read the DICOM image ({type(e).__name__}: {e}).") from None
-    data = np.asarray(img.detach().cpu().numpy(), dtype=np.float32)
-    affine = np.asarray(img.affine.detach().cpu().numpy(), dtype=np.float64)
+    data = np.asarray(data, dtype=np.float32)
+    affine = np.asarray(meta["affine"], dtype=np.float64)
     if data.ndim == 2:
         data = data[:, :, None]
     if path.is_file() and data.ndim == 3 and data.shape[2] == 1:

@@ -1,0 +1,271 @@
+"""MONAI dictionary transform chains for 2D liver-lesion slices, shared by every bundle.
+
+Input items are the cached slices of :func:`monai_liver.data.slices.materialise_slices`:
+``{"image": HU float32 (X, Y) .npy, "seg": uint8 (X, Y) .npy, "cls": int, ...}``. Output:
+
+- ``"image"``: (1, H, W) float32 in [0, 1] (HU window, clipped);
+- ``"seg"``: (1, H, W) long target for the strategy (see :class:`StrategyTargetd`);
+- ``"cls"``: long scalar tensor, -1 when the slice has no lesion type.
+
+The chain: load -> channel first -> window -> strategy target -> liver-ROI crop (foreground of
+``seg`` plus a margin) -> resize the longest side to ``image_size`` and pad to a square (aspect
+kept) -> [random augmentations] -> types. The bundles' JSON sets only the parameters; the
+chains live here so that a change is made once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY, STRATEGIES
+from monai_liver.errors import LiverError
+
+__all__ = [
+    "ROI_MARGIN",
+    "LoadCTSliced",
+    "StrategyTargetd",
+    "eval_transforms",
+    "foreground_or_all",
+    "inference_transforms",
+    "train_transforms",
+    "window_ct",
+]
+
+#: pixels kept around the liver's bounding box by the ROI crop (before resizing)
+ROI_MARGIN = 16
+
+_ALL_STRATEGIES = (PRETRAIN_STRATEGY, *STRATEGIES)
+
+
+def _check_strategy(strategy: str) -> str:
+    if strategy not in _ALL_STRATEGIES:
+        raise LiverError(f"strategy '{strategy}' is not one of {', '.join(_ALL_STRATEGIES)}.")
+    return strategy
+
+
+def foreground_or_all(x: torch.Tensor | np.ndarray):
+    """``x > 0``, or everything when nothing is positive (a slice without liver keeps its full
+    field of view instead of MONAI's empty crop). Module-level so that it pickles."""
+    mask = x > 0
+    if bool(mask.any()):
+        return mask
+    return torch.ones_like(mask) if isinstance(mask, torch.Tensor) else np.ones_like(mask)
+
+
+def window_ct(array: np.ndarray | torch.Tensor, window: Sequence[float] = HU_WINDOW):
+    """Map Hounsfield units to [0, 1]: ``window[0]`` HU -> 0, ``window[1]`` HU -> 1, clipped.
+
+    Same as the training chain's ``ScaleIntensityRanged``; returns float32 of the input's kind.
+    """
+    from monai.transforms import ScaleIntensityRange
+    from monai.utils import convert_to_dst_type
+
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise LiverError(f"HU window {tuple(window)} is empty; expected (low, high) with low < high.")
+    out = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)(array)
+    return convert_to_dst_type(out, array, dtype=np.float32)[0]
+
+
+class StrategyTargetd(MapTransform):
+    """Make the ``seg`` target and the ``cls`` tensor a strategy trains on.
+
+    ``seg`` values in: 0 background, 1 liver, 2 lesion, 2 + k lesion of type k (class-id masks).
+    Out, for ``joint``: 0, 1, 2 + k (``n_classes`` + 2 classes): values above 2 are kept; when the
+    slice's largest value is 2 (a 0/1 lesion mask) its lesion pixels become 2 + ``cls``. A joint
+    slice with lesion pixels of unknown type (cls -1) raises LiverError. For every other strategy
+    (``lits_pretrain``, ``seg_baseline``, ``ynet``, ``cls_baseline``): 0, 1, 2 (types collapsed).
+    ``cls`` becomes a long scalar tensor (-1 when absent).
+    """
+
+    def __init__(
+        self,
+        strategy: str,
+        n_classes: int = len(DEFAULT_CLASSES),
+        keys: KeysCollection = "seg",
+        cls_key: str = "cls",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.strategy = _check_strategy(strategy)
+        self.n_classes = int(n_classes)
+        self.cls_key = cls_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        raw_cls = d.get(self.cls_key, -1)
+        cls = int(raw_cls.item() if isinstance(raw_cls, (torch.Tensor, np.ndarray)) else raw_cls)
+        for key in self.key_iterator(d):
+            seg = d[key]
+            top = int(seg.max()) if np.prod(seg.shape) > 0 else 0
+            if self.strategy == "joint":
+                if top > 1 + self.n_classes:
+                    raise LiverError(
+                        f"{d.get('source', key)}: slice {d.get('slice', '?')} has label {top}, "
+                        f"more than the {self.n_classes} lesion types allow."
+                    )
+                if top == 2:
+                    if not 0 <= cls < self.n_classes:
+                        raise LiverError(
+                            f"{d.get('source', key)}: slice {d.get('slice', '?')} has lesion pixels but lesion type "
+                            f"{cls} is not one of 0..{self.n_classes - 1}; the joint strategy needs a type for every lesion."
+                        )
+                    seg = seg.clone() if isinstance(seg, torch.Tensor) else seg.copy()
+                    seg[seg == 2] = 2 + cls
+            elif top > 2:
+                seg = seg.clone() if isinstance(seg, torch.Tensor) else seg.copy()
+                seg[seg > 2] = 2
+            d[key] = seg
+        d[self.cls_key] = torch.as_tensor(cls, dtype=torch.long)
+        return d
+
+
+class LoadCTSliced(MapTransform):
+    """Load one 2D CT slice for inference: a file path (NIfTI, DICOM file; read by
+    :func:`monai_liver.data.io.load_ct`, RAS canonical like the training slices) or an HU array
+    (X, Y) / (1, X, Y). Output: MetaTensor (1, X, Y) HU float32 with the file's affine and name.
+
+    Written by hand because MONAI's ``LoadImaged`` takes only paths, and the training slices come
+    from ``load_ct`` (DICOM series sorting, orientation), which inference must match.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai_liver.data.io import load_ct
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            meta: dict[str, Any] = {}
+            if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+                array, affine = load_ct(value)
+                if array.shape[2] != 1:
+                    raise LiverError(f"{value}: 3D image with {array.shape[2]} slices; expected one 2D slice.")
+                array = array[:, :, 0]
+                meta = {"affine": torch.as_tensor(affine), "filename_or_obj": str(value), "space": "RAS"}
+            else:
+                array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+                if array.ndim == 3 and 1 in (array.shape[0], array.shape[2]):
+                    array = array[0] if array.shape[0] == 1 else array[:, :, 0]
+                if array.ndim != 2:
+                    raise LiverError(f"input '{key}' of shape {array.shape} is not one 2D slice.")
+                if isinstance(value, MetaTensor):
+                    meta = dict(value.meta)
+            meta["original_channel_dim"] = "no_channel"
+            meta["spatial_shape"] = np.asarray(array.shape)
+            d[key] = MetaTensor(torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))[None], meta=meta)
+        return d
+
+
+def _preprocess(strategy: str, image_size: int, window: Sequence[float], n_classes: int, margin: int) -> list:
+    from monai.transforms import (
+        CropForegroundd,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Resized,
+        ScaleIntensityRanged,
+        SpatialPadd,
+    )
+
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise LiverError(f"HU window {tuple(window)} is empty; expected (low, high) with low < high.")
+    if int(image_size) < 8:
+        raise LiverError(f"image_size {image_size} is too small; use at least 8 pixels.")
+    keys = ["image", "seg"]
+    return [
+        LoadImaged(keys, reader="NumpyReader", image_only=True, dtype=None),
+        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+        StrategyTargetd(strategy, n_classes=n_classes, keys="seg"),
+        CropForegroundd(keys, source_key="seg", select_fn=foreground_or_all, margin=int(margin), allow_smaller=True),
+        Resized(keys, spatial_size=int(image_size), size_mode="longest", mode=("bilinear", "nearest"),
+                anti_aliasing=(True, False)),
+        SpatialPadd(keys, spatial_size=(int(image_size), int(image_size))),
+    ]
+
+
+def _finalise() -> list:
+    from monai.transforms import EnsureTyped
+
+    return [EnsureTyped("image", dtype=torch.float32), EnsureTyped("seg", dtype=torch.long)]
+
+
+def train_transforms(
+    strategy: str,
+    image_size: int = 128,
+    window: Sequence[float] = HU_WINDOW,
+    n_classes: int = len(DEFAULT_CLASSES),
+    augment: bool = True,
+    margin: int = ROI_MARGIN,
+):
+    """Training chain (a MONAI ``Compose``) for ``strategy``: preprocessing + random augmentation.
+
+    Augmentation (2D, after the resize so it costs little): rotation up to 15 degrees, zoom
+    0.9-1.1, flips along either axis, intensity scale and shift (clipped back to [0, 1]); ``seg``
+    always by nearest neighbour. Deterministic parts come first, so ``CacheDataset`` caches them.
+    """
+    from monai.transforms import (
+        Compose,
+        RandFlipd,
+        RandRotated,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        RandZoomd,
+        ScaleIntensityRanged,
+    )
+
+    chain = _preprocess(_check_strategy(strategy), image_size, window, n_classes, margin)
+    if augment:
+        keys = ["image", "seg"]
+        chain += [
+            RandRotated(keys, range_x=np.pi / 12, prob=0.3, mode=("bilinear", "nearest"), padding_mode="zeros"),
+            RandZoomd(keys, prob=0.3, min_zoom=0.9, max_zoom=1.1, mode=("bilinear", "nearest"), padding_mode="constant"),
+            RandFlipd(keys, prob=0.2, spatial_axis=0),
+            RandFlipd(keys, prob=0.2, spatial_axis=1),
+            RandScaleIntensityd("image", factors=0.1, prob=0.3),
+            RandShiftIntensityd("image", offsets=0.05, prob=0.3),
+            # back into [0, 1] after the intensity changes (identity map with clipping)
+            ScaleIntensityRanged("image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    return Compose(chain + _finalise())
+
+
+def eval_transforms(
+    strategy: str,
+    image_size: int = 128,
+    window: Sequence[float] = HU_WINDOW,
+    n_classes: int = len(DEFAULT_CLASSES),
+    margin: int = ROI_MARGIN,
+):
+    """Validation / evaluation chain: the training chain without augmentation."""
+    from monai.transforms import Compose
+
+    return Compose(_preprocess(_check_strategy(strategy), image_size, window, n_classes, margin) + _finalise())
+
+
+def inference_transforms(image_size: int = 128, window: Sequence[float] = HU_WINDOW, key: str = "image"):
+    """Chain for one 2D slice without masks: ``{key: path or HU array}`` -> (1, S, S) in [0, 1].
+
+    The whole slice is resized (longest side to ``image_size``, padded to a square), since no
+    liver ROI is known; crop to the liver first (e.g. with the ``lits_pretrain`` model) to match
+    the training input.
+    """
+    from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityRanged, SpatialPadd
+
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise LiverError(f"HU window {tuple(window)} is empty; expected (low, high) with low < high.")
+    return Compose([
+        LoadCTSliced(key),
+        ScaleIntensityRanged(key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+        Resized(key, spatial_size=int(image_size), size_mode="longest", mode="bilinear", anti_aliasing=True),
+        SpatialPadd(key, spatial_size=(int(image_size), int(image_size))),
+        EnsureTyped(key, dtype=torch.float32),
+    ])
