@@ -231,6 +231,8 @@ def test_slices_bad_options(tmp_path):
         phantoms.make_lesion_slices(tmp_path, n_patients=2, n_slices=2, class_names=("cyst", "hcc"))
     with pytest.raises(LiverError, match="--lits-shape"):
         phantoms.make_lits_phantoms(tmp_path, n_volumes=1, shape=(8, 8, 8))
+    with pytest.raises(LiverError, match="--seed"):
+        phantoms.make_lits_phantoms(tmp_path, n_volumes=1, seed=-1)
     (tmp_path / "file").write_text("x")
     with pytest.raises(LiverError, match="not a folder"):
         phantoms.make_lesion_slices(tmp_path / "file", n_patients=1, n_slices=1, size=32)

@@ -12,15 +12,20 @@ Organ outlines are smooth 3D blobs deformed by random low-frequency fields, so e
 
 Lesions follow their radiological appearance in the portal-venous phase:
 
-- cyst: water density (about 0-20 HU), homogeneous, sharp round margin (some complicated cysts
-  20-40 HU);
+- cyst: water density (about 0-20 HU), homogeneous, sharp round margin (some complicated cysts,
+  about 20-45 HU);
 - hemangioma: lobulated, peripheral discontinuous nodular enhancement near blood-pool density with a
   hypodense centre filling in centripetally; small ones often enhance uniformly ("flash filling");
 - metastasis: hypodense (about 40-70 HU), heterogeneous, ill-defined margin, rim enhancement,
   necrotic centre when large, often several per slice (some cystic, some hypervascular).
 
-Contrast timing, noise, lesion size and partial volume vary per patient, and atypical subtypes exist,
-so the classes overlap as in real CT: learnable, not trivial.
+Contrast timing, noise, lesion size and partial volume vary per patient, and atypical subtypes exist
+(``_SUBTYPES``), so the classes overlap as in real CT: learnable, not trivial. On the default set a
+logistic regression on four hand-made lesion features (HU mean and std, area, rim-to-core contrast),
+cross-validated by patient, reaches about 0.8 accuracy (tests/test_phantoms.py checks 0.5-0.92).
+
+The 2D slices are a liver-centred field of view (about 18-23 cm at 0.7-0.9 mm pixels for 256 px),
+like a targeted reconstruction; the 3D volumes show the whole trunk.
 
 Coordinates: world millimetres in RAS+ (``u`` toward the patient's right, ``v`` anterior, ``z``
 superior). 3D volumes are written in the LPS voxel order LiTS files usually have (affine
@@ -654,6 +659,12 @@ def _prepare_dir(out_dir) -> Path:
     return out
 
 
+def _check_seed(seed: int) -> int:
+    if int(seed) < 0:
+        raise LiverError(f"--seed {seed}: the seed must be a whole number >= 0")
+    return int(seed)
+
+
 def _check_lits(n_volumes: int, shape: Sequence[int]) -> tuple[int, int, int]:
     if int(n_volumes) < 0:
         raise LiverError(f"--lits-volumes {n_volumes}: the number of volumes must be >= 0")
@@ -678,6 +689,7 @@ def _lits_plan(n_volumes: int, seed: int) -> np.ndarray:
 
 def _make_lits(out_dir, n_volumes: int, shape, seed: int) -> tuple[list[Path], dict]:
     shape = _check_lits(n_volumes, shape)
+    seed = _check_seed(seed)
     out = _prepare_dir(out_dir)
     plan = _lits_plan(int(n_volumes), seed)
     paths, lesions, free = [], 0, 0
@@ -696,7 +708,7 @@ def make_lits_phantoms(out_dir: str | os.PathLike, n_volumes: int = 6, shape: Se
     """Write LiTS-like portal-venous CT volumes to ``out_dir``.
 
     Files: ``volume-N.nii.gz`` (int16 HU, shape ``shape`` = (X, Y, Z) in LPS voxel order, affine
-    ``diag(-sx, -sy, sz)`` with about 2.0-2.6 mm pixels for a 160 grid and 2.5-5 mm slices) and
+    ``diag(-sx, -sy, sz)`` with about 1.9-2.6 mm pixels for a 160 grid and 2.5-5 mm slices) and
     ``segmentation-N.nii.gz`` (uint8: 0 background, 1 liver, 2 lesion). About one volume in five has
     no lesion (at least one when ``n_volumes >= 2``). Deterministic for a given ``seed``.
 
@@ -735,10 +747,16 @@ def _patient_classes(n_patients: int, names: tuple[str, ...], rng: np.random.Gen
 
 
 def _slices_per_patient(n_patients: int, n_slices: int, rng: np.random.Generator) -> np.ndarray:
-    """At least one slice each; the rest spread unevenly (a few patients contribute many)."""
-    extra = n_slices - n_patients
-    w = rng.gamma(0.8, size=n_patients)
-    return 1 + rng.multinomial(extra, w / w.sum())
+    """At least one slice each; the rest spread unevenly (some patients contribute several), at most
+    about three times the mean per patient."""
+    cap = max(3, int(np.ceil(3 * n_slices / n_patients)))
+    w = rng.gamma(0.8, size=n_patients) + 1e-6
+    counts = 1 + rng.multinomial(n_slices - n_patients, w / w.sum())
+    while (excess := int(np.clip(counts - cap, 0, None).sum())) > 0:
+        counts = np.minimum(counts, cap)
+        room = np.where(counts < cap, w, 0.0)
+        counts += rng.multinomial(excess, room / room.sum())
+    return counts
 
 
 def _patient_slices(pid: str, kind: str, n: int, size: int, rng: np.random.Generator):
@@ -791,6 +809,7 @@ def _make_slices(out_dir, n_patients: int, n_slices: int, size: int, seed: int,
                  class_names) -> tuple[Path, dict]:
     names = _check_classes(class_names)
     _check_slices(n_patients, n_slices, size)
+    seed = _check_seed(seed)
     out = _prepare_dir(out_dir)
     for sub in ("images", "liver", "lesion"):
         (out / sub).mkdir(exist_ok=True)
@@ -948,6 +967,7 @@ def main(args: argparse.Namespace) -> int:
     # validate everything before writing anything
     _check_lits(args.lits_volumes, args.lits_shape)
     _check_slices(args.patients, args.slices, args.size)
+    _check_seed(args.seed)
     out = _prepare_dir(args.out)
     _, lits = _make_lits(out / "lits", args.lits_volumes, args.lits_shape, args.seed)
     manifest, les = _make_slices(out / "lesions", args.patients, args.slices, args.size, args.seed, DEFAULT_CLASSES)
