@@ -28,7 +28,6 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import strtobool
 
-from monai_liver.constants import HU_WINDOW
 from monai_liver.errors import LiverError
 
 logger = logging.getLogger(__name__)
@@ -110,9 +109,11 @@ class JointInferTask(BasicInferTask):
         parser = ConfigParser()
         parser.read_config(str(self.bundle / "configs" / "inference.json"))
         parser["bundle_root"] = str(self.bundle)
-        self.image_size = int(conf.get("image_size") or parser.get("image_size", 128))
-        window = parser.get("window", None)
-        self.window = tuple(float(v) for v in window) if isinstance(window, (list, tuple)) else HU_WINDOW
+        if conf.get("image_size"):
+            parser["image_size"] = int(conf["image_size"])
+        self.image_size = int(parser.get_parsed_content("image_size"))
+        # the bundle's own slice preprocessing (window, resize, pad), inverted after the network
+        self.preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
         network = parser.get_parsed_content("network_def", instantiate=True)
         meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
         super().__init__(
@@ -149,7 +150,7 @@ class JointInferTask(BasicInferTask):
             raise LiverError("request: 'image' must be a study id or a file path")
         volume, reference = load_study(path)
         network = self._get_network(device, data)
-        result = segment_volume(network, volume, self.image_size, self.window, device)
+        result = segment_volume(network, volume, self.preprocessing, device)
         summary = study_summary(result, self.class_names)
         label = result.label
         labels = {"background": 0, **self.labels}

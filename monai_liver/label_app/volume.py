@@ -1,15 +1,18 @@
 """Run the 2D joint network over a 3D CT study, slice by slice, and reassemble a 3D label map.
 
-The joint bundle's network sees one axial slice at a time, cropped to the liver with a margin and
-resized to ``image_size`` (as in training). A 3D study has no liver mask yet, so each axial slice
-with body in it is segmented twice:
+The joint bundle's network sees one axial slice at a time, cropped to the liver (its bounding box
+plus :data:`monai_liver.transforms.ROI_MARGIN` pixels) and brought to ``image_size`` by the bundle's
+``preprocessing`` (HU window, longest side resized, padded to a square). A 3D study has no liver
+mask yet, so each axial slice with body in it is segmented twice:
 
 1. the body's bounding box (HU > ``BODY_HU``) -> a first liver + lesion estimate;
-2. the liver box of pass 1 (with a margin, squared) -> the final label map of the slice.
+2. the liver box of pass 1 plus the margin -> the final label map of the slice.
 
-Slices without body, and pixels outside the crop, are background. Label values: 0 background,
-1 liver, 2 + k lesion of type k (the joint network's channels). The study's lesion class is the vote
-of all predicted lesion voxels (the joint strategy's slice vote, summed over slices).
+The network's probabilities are mapped back to the crop by inverting the preprocessing (MONAI's
+``Compose.inverse``). Slices without body, and pixels outside the body or the crop, are background.
+Label values: 0 background, 1 liver, 2 + k lesion of type k (the joint network's channels). The
+study's lesion class is the vote of all predicted lesion voxels (the joint strategy's slice vote,
+summed over slices).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from monai_liver.constants import HU_WINDOW
+from monai_liver.transforms import ROI_MARGIN
 
 __all__ = ["BODY_HU", "MIN_BODY_PIXELS", "SliceResult", "VolumeResult", "segment_volume", "study_summary"]
 
@@ -48,65 +52,60 @@ class VolumeResult:
     slices: list[SliceResult] = field(default_factory=list)
 
 
-def _box(mask: np.ndarray, margin: float, shape: Sequence[int], square: bool = True) -> Optional[tuple[slice, slice]]:
-    """Bounding box of a 2D mask, grown by ``margin`` (fraction of its size, at least 4 pixels),
-    made square (the network's input is square) and clipped to ``shape``; None for an empty mask."""
+def _box(mask: np.ndarray, margin: int) -> Optional[tuple[slice, slice]]:
+    """Bounding box of a 2D mask grown by ``margin`` pixels and clipped to the slice; None if empty."""
     idx = np.nonzero(mask)
     if idx[0].size == 0:
         return None
-    lo = np.array([i.min() for i in idx], dtype=float)
-    hi = np.array([i.max() + 1 for i in idx], dtype=float)
-    size = hi - lo
-    grow = np.maximum(margin * size, 4.0)
-    lo, hi = lo - grow, hi + grow
-    if square:
-        centre, half = (lo + hi) / 2.0, (hi - lo).max() / 2.0
-        lo, hi = centre - half, centre + half
-    lo = np.clip(np.floor(lo), 0, None).astype(int)
-    hi = np.minimum(np.ceil(hi).astype(int), np.asarray(shape))
-    return slice(lo[0], hi[0]), slice(lo[1], hi[1])
+    return tuple(
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, n)) for i, n in zip(idx, mask.shape)
+    )
 
 
-def _predict(
-    net: Callable[[torch.Tensor], object],
-    crop_hu: np.ndarray,
-    image_size: int,
-    window: Sequence[float],
-    device: torch.device,
-) -> torch.Tensor:
-    """One 2D crop (h, w) in HU -> (C, h, w) softmax probabilities of the network."""
-    from monai.transforms import Resize, ScaleIntensityRange
+def _predict(net: Callable[[torch.Tensor], object], crop_hu: np.ndarray, preprocessing: Callable, device) -> torch.Tensor:
+    """One 2D crop (h, w) in HU -> (C, h, w) softmax probabilities, mapped back through the
+    inverse of ``preprocessing`` (a dictionary chain on key ``"image"``)."""
+    from monai.data import MetaTensor
 
-    scale = ScaleIntensityRange(a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True)
-    img = scale(torch.as_tensor(crop_hu, dtype=torch.float32)[None])
-    img = Resize((image_size, image_size), mode="bilinear", anti_aliasing=False)(img)
+    d = preprocessing({"image": np.ascontiguousarray(crop_hu, dtype=np.float32)})
+    img = d["image"]
     with torch.no_grad():
         out = net(torch.as_tensor(img, dtype=torch.float32)[None].to(device))
     seg = out["seg"] if isinstance(out, dict) else out
     prob = torch.softmax(seg.float(), dim=1)[0].cpu()
-    back = Resize(tuple(crop_hu.shape), mode="bilinear", anti_aliasing=False)
-    return torch.as_tensor(back(prob))
+    if isinstance(img, MetaTensor):
+        prob = MetaTensor(prob, meta=dict(img.meta), applied_operations=list(img.applied_operations))
+        prob = preprocessing.inverse({"image": prob})["image"]
+    prob = torch.as_tensor(prob).float()
+    if tuple(prob.shape[1:]) != tuple(crop_hu.shape):
+        raise RuntimeError(f"preprocessing is not invertible: {tuple(prob.shape[1:])} != {crop_hu.shape}")
+    return prob
 
 
 def segment_volume(
     net: Callable[[torch.Tensor], object],
     volume: np.ndarray,
+    preprocessing: Optional[Callable] = None,
+    device: str | torch.device = "cpu",
+    margin: int = ROI_MARGIN,
     image_size: int = 128,
     window: Sequence[float] = HU_WINDOW,
-    device: str | torch.device = "cpu",
-    margin: float = 0.1,
 ) -> VolumeResult:
     """Segment a CT volume with a 2D joint network.
 
     Args:
         net: ``(1, 1, S, S)`` in [0, 1] -> ``{"seg": (1, 2 + K, S, S) logits, ...}`` or the logits tensor.
         volume: (X, Y, Z) float HU, RAS (axial slices are ``volume[:, :, z]``); a 2D image is (X, Y, 1).
-        image_size: the network's input size S (the bundle's ``image_size``).
-        window: HU window scaled to [0, 1] (the bundle's window).
-        margin: liver-box margin as a fraction of the box size.
+        preprocessing: the bundle's invertible chain ``{"image": HU (h, w)} -> {"image": (1, S, S)}``;
+            default :func:`monai_liver.transforms.inference_transforms` (``image_size``, ``window``).
+        margin: pixels around the liver box (training's ROI margin).
     """
+    from monai_liver.transforms import inference_transforms
+
     if volume.ndim != 3:
         raise ValueError(f"volume must be (X, Y, Z), got shape {volume.shape}")
+    if preprocessing is None:
+        preprocessing = inference_transforms(image_size=image_size, window=window)
     device = torch.device(device)
     label = np.zeros(volume.shape, dtype=np.uint8)
     result = VolumeResult(label=label)
@@ -115,14 +114,12 @@ def segment_volume(
         body = sl > BODY_HU
         if int(body.sum()) < MIN_BODY_PIXELS:
             continue
-        box = _box(body, 0.02, sl.shape, square=False)
-        prob = _predict(net, sl[box], image_size, window, device)
-        first = prob.argmax(dim=0).numpy()
-        liver_box = _box(first >= 1, margin, first.shape)
+        box = _box(body, 0)
+        prob = _predict(net, sl[box], preprocessing, device)
+        liver_box = _box(prob.argmax(dim=0).numpy() >= 1, margin)
         if liver_box is not None:  # pass 2 on the liver box, as the network was trained
-            inner = tuple(slice(b.start + o.start, b.start + o.stop) for b, o in zip(box, liver_box))
-            prob = _predict(net, sl[inner], image_size, window, device)
-            box = inner
+            box = tuple(slice(b.start + o.start, b.start + o.stop) for b, o in zip(box, liver_box))
+            prob = _predict(net, sl[box], preprocessing, device)
         lab = prob.argmax(dim=0)
         lab[torch.as_tensor(~body[box])] = 0
         label[box[0], box[1], z] = lab.numpy().astype(np.uint8)
