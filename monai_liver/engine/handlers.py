@@ -197,9 +197,13 @@ class ResumeCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.load)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
 
     def load(self, engine: Engine) -> None:
+        # the saver is registered now, when every handler has been attached, so that it runs after
+        # all of them at the end of an epoch (LR step, validation, best model, early stop) and saves
+        # the state they leave, whatever the handler order in the bundle config
+        if not engine.has_event_handler(self.save, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         if not self.path.is_file():
             return
         ckpt = _load(self.path, self.map_location)
@@ -240,9 +244,9 @@ class EpochLogger:
     """Attach to the trainer: one row per epoch in ``path`` (CSV) with ``epoch, loss, lr,
     val_dice, val_recall, val_acc, val_bacc`` (mean training loss, the learning rate the epoch ran
     with, the evaluator's metrics when it ran this epoch; empty where there is none). Every rank
-    logs one line per epoch (``rank r: epoch e/E loss x``); only rank 0 writes the file. On start,
-    rows of epochs after the (possibly resumed) current epoch are dropped, so a resumed run continues
-    the file.
+    logs one line per epoch (``rank r: epoch e/E loss x``); only rank 0 writes the file. When the
+    first epoch of a run starts, rows of epochs after the (possibly resumed) last finished epoch are
+    dropped, so a resumed run continues the file.
     """
 
     def __init__(
@@ -266,12 +270,14 @@ class EpochLogger:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def started(self, engine: Engine) -> None:
-        if rank() != 0:
-            return
+        self._fresh = True
+
+    def _start_file(self, done: int) -> None:
+        """Rewrite the file with its header and the rows of the ``done`` epochs already finished (resume)."""
         rows: list[dict] = []
-        if self.path.is_file() and engine.state.epoch > 0:
+        if self.path.is_file() and done > 0:
             with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("epoch") and int(r["epoch"]) <= engine.state.epoch]
+                rows = [r for r in csv.DictReader(f) if r.get("epoch") and int(r["epoch"]) <= done]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
@@ -279,6 +285,10 @@ class EpochLogger:
             writer.writerows(rows)
 
     def epoch_started(self, engine: Engine) -> None:
+        # first epoch of this run: the resume checkpoint (loaded on STARTED) has set the epoch by now
+        if getattr(self, "_fresh", True) and rank() == 0:
+            self._start_file(engine.state.epoch - 1)
+        self._fresh = False
         self._losses = []
         self._lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else None
 
