@@ -23,7 +23,7 @@ from typing import Any
 
 from monai_liver.errors import LiverError
 
-__all__ = ["default_tracking_uri", "run_name", "check_tracking_uri", "configure_mlflow", "PARAM_NAMES"]
+__all__ = ["default_tracking_uri", "run_name", "check_tracking_uri", "configure_mlflow", "training_loss", "PARAM_NAMES"]
 
 #: parameters every training run logs.
 PARAM_NAMES: tuple[str, ...] = ("strategy", "init", "fold", "epochs", "lr", "batch_size", "image_size", "seed")
@@ -63,6 +63,16 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> str:
     return uri
 
 
+def training_loss(output: Any) -> Any:
+    """The loss of a trainer's ``engine.state.output``: a batch dict ``{"loss": tensor, ...}`` or a
+    list of decollated dicts (the loss of the first)."""
+    if isinstance(output, Mapping):
+        return output["loss"]
+    if isinstance(output, Sequence) and output and isinstance(output[0], Mapping):
+        return output[0]["loss"]
+    return output
+
+
 def configure_mlflow(
     handlers: Sequence[Any] | None,
     params: Mapping[str, Any] | None = None,
@@ -74,13 +84,17 @@ def configure_mlflow(
     Sets their ``experiment_param`` (logged when the run starts), appends ``artifacts`` (e.g. the
     ``model.pt`` path, logged when training completes; missing files are skipped), adds the executed
     config MONAI saves into ``output_dir`` (``config_*.json``), and checks an ``http(s)://`` tracking
-    server is reachable. Returns the number of MLflow handlers found (0 without ``--tracking``).
+    server is reachable. The loss transform of MONAI's default settings,
+    ``from_engine(['loss'], first=True)``, expects decollated engine outputs and returns a tuple for
+    our batch dicts (``decollate=False``), which MLflow cannot log: it is replaced by
+    :func:`training_loss`. Returns the number of MLflow handlers found (0 without ``--tracking``).
     """
     from monai.handlers import MLFlowHandler
 
     found = [h for h in (handlers or []) if isinstance(h, MLFlowHandler)]
     for h in found:
         check_tracking_uri(getattr(h.client, "tracking_uri", "") or "sqlite:///")
+        h.output_transform = training_loss
         if params:
             h.experiment_param = {**(h.experiment_param or {}), **{k: str(v) for k, v in params.items()}}
         extra = [str(a) for a in artifacts]
