@@ -1,0 +1,133 @@
+"""``monai-liver experiment`` end to end at the smallest scale: every strategy, 2 folds, scratch + LiTS
+(+ ImageNet, unavailable offline), killed twice midway (SIGTERM, then SIGKILL) and resumed.
+
+Checks: no finished run is repeated (runs.log, DONE mtimes), the table is complete, MLflow has one
+parent run with a child per run, and a folder cannot be resumed with other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from monai_liver.constants import STRATEGIES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from monai_liver.data import datalist as dl
+    from monai_liver.data import phantoms
+
+    d = tmp_path_factory.mktemp("data")
+    manifest = phantoms.make_lesion_slices(d / "lesions", n_patients=8, n_slices=16, size=64, seed=0)
+    phantoms.make_lits_phantoms(d / "lits", n_volumes=2, shape=(64, 64, 16), seed=0)
+    lesions = dl.write_datalist(dl.datalist_from_manifest(manifest, n_folds=2, seed=0), d / "lesions.json")
+    lits = dl.write_datalist(dl.datalist_from_lits(d / "lits", n_folds=2, seed=0), d / "lits.json")
+    return {"lesions": lesions, "lits": lits, "dir": d}
+
+
+def _cmd(out: Path, data: dict, epochs: int = 1) -> list[str]:
+    return [sys.executable, "-m", "monai_liver", "experiment", "--out", str(out), "--datalist", str(data["lesions"]),
+            "--lits-datalist", str(data["lits"]), "--folds", "2", "--epochs", str(epochs), "--lits-epochs", "1",
+            "--image-size", "32", "--batch-size", "4", "--max-slices", "4", "--inits", "scratch", "imagenet", "lits",
+            "--no-download", "--device", "cpu"]
+
+
+def _env(tmp: Path) -> dict:
+    env = dict(os.environ)
+    # one thread: the CPU is shared; an empty torch hub cache: no ImageNet weights, whatever the machine has
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TORCH_HOME=str(tmp / "torch_home"), PYTHONUNBUFFERED="1")
+    return env
+
+
+def _done(out: Path) -> dict[Path, float]:
+    return {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*/fold*/DONE")}
+
+
+def _start_and_kill(cmd, env, out: Path, sig: int, n_done: int, log: Path, timeout: float = 600) -> None:
+    with open(log, "a") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        try:
+            while len(_done(out)) < n_done:
+                assert proc.poll() is None, f"experiment ended before it was killed:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "no progress"
+                time.sleep(0.2)
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode != 0  # it was stopped, not finished
+
+
+def test_experiment_kill_resume(data, tmp_path):
+    out = tmp_path / "exp"
+    env = _env(tmp_path)
+    log = tmp_path / "console.txt"
+    cmd = _cmd(out, data)
+
+    _start_and_kill(cmd, env, out, signal.SIGTERM, 1, log)
+    first = _done(out)
+    parent = json.loads((out / "mlflow_parent.json").read_text())["run_id"]
+    _start_and_kill(cmd, env, out, signal.SIGKILL, len(first) + 3, log)
+    second = _done(out)
+    assert all(second[p] == t for p, t in first.items())  # finished runs were not run again
+
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    final = _done(out)
+    assert len(final) == len(STRATEGIES) * 2 * 2  # 4 strategies x (scratch, lits) x 2 folds
+    assert all(final[p] == t for p, t in second.items())
+    assert "finished before" in res.stdout and "not run again" in res.stdout
+
+    # every run finished exactly once; lits_pretrain ran to completion once
+    events = [ln.split()[2:] for ln in (out / "runs.log").read_text().splitlines()]
+    done = Counter(tuple(e[1:]) for e in events if e[0] == "done")
+    assert len(done) == len(final) + 1 and set(done.values()) == {1}
+    assert done[("lits_pretrain", "scratch", "fold-1")] == 1
+
+    # the table: 12 rows, 8 done on every held-out slice, ImageNet not run with the reason
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 12
+    ran = table[table.init != "imagenet"]
+    assert (ran.status == "done").all() and (ran.n_slices == 16).all() and (ran.n_patients == 8).all()
+    assert ran[ran.strategy != "seg_baseline"].acc.notna().all()
+    assert ran[ran.strategy != "cls_baseline"].dice.notna().all()
+    assert table[table.init == "imagenet"].status.str.startswith("not run: ImageNet weights unavailable").all()
+    assert len(pd.read_csv(out / "per_slice.csv")) == 8 * 16
+    md = (out / "results.md").read_text()
+    assert "| Joint learning | LiTS |" in md and res.stdout.count("| Joint learning |") == 3
+    assert (out / "report.html").is_file() and (out / "figures" / "metrics.png").is_file()
+
+    # MLflow: the same parent across the three starts, one child per run (+ the pretraining)
+    from mlflow.tracking import MlflowClient
+
+    assert json.loads((out / "mlflow_parent.json").read_text())["run_id"] == parent
+    client = MlflowClient(tracking_uri="sqlite:///" + (out / "mlflow.db").as_posix())
+    exp = client.get_experiment_by_name("monai_liver")
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    names = Counter(r.info.run_name for r in children)
+    assert len(names) == len(final) + 1 and set(names.values()) == {1}
+    assert all("heldout_n_slices" in r.data.metrics for r in children if r.info.run_name.startswith("joint"))
+    top = client.get_run(parent)
+    assert top.info.status == "FINISHED"
+    assert {"results.csv", "results.md", "report.html", "figures"} <= {a.path for a in client.list_artifacts(parent)}
+
+    # resuming with other settings is refused with one clear line
+    bad = subprocess.run(_cmd(out, data, epochs=2), env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "epochs=1" in bad.stderr
