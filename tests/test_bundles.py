@@ -155,8 +155,13 @@ def test_monai_bundle_checks(bundle, phantoms, tmp_path) -> None:
     )
     train.initialize()
     assert train.check_properties() == []
+    from monai_liver.networks.factory import build_network
+
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": build_network(bundle, 3).state_dict()}, ckpt)
     infer = ConfigWorkflow(
-        config_file=str(configs / "inference.json"), workflow_type="inference", dataset_dir=str(tmp_path), **common
+        config_file=str(configs / "inference.json"), workflow_type="inference", dataset_dir=str(tmp_path),
+        ckpt_path=str(ckpt), **common,
     )
     infer.initialize()
     assert infer.check_properties() == []
@@ -164,6 +169,47 @@ def test_monai_bundle_checks(bundle, phantoms, tmp_path) -> None:
         net_id="network_def", meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
         n=2, device="cpu",
     )
+
+
+@pytest.mark.parametrize("bundle", ("seg_baseline", "cls_baseline"))
+def test_inference_on_2d_images(bundle, phantoms, tmp_path) -> None:
+    """inference.json on a folder of 2D NIfTI slices: masks back on each input's grid (seg) or a
+    predictions.csv (cls); a missing checkpoint is an error, not a random network."""
+    import nibabel as nib
+    import torch
+    from monai.bundle import run
+
+    from monai_liver.engine import find_liver_error
+    from monai_liver.networks.factory import build_network
+
+    torch.set_num_threads(1)
+    images = sorted((phantoms["work"] / "lesions" / "images").glob("*.nii.gz"))[:3]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in images:
+        (folder / p.name).write_bytes(p.read_bytes())
+    ckpt = tmp_path / "model.pt"
+    small = [32, 16, 16, 8, 8]
+    torch.save({"model": build_network(bundle, 3, decoder_channels=small).state_dict()}, ckpt)
+    configs = ROOT / "bundles" / bundle / "configs"
+    args = dict(
+        config_file=str(configs / "inference.json"), logging_file=False, bundle_root=str(configs.parent),
+        dataset_dir=str(folder), output_dir=str(tmp_path / "out"), image_size=32,
+        **{"network_def#net#decoder_channels": small},
+    )
+    run(ckpt_path=str(ckpt), **args)
+    if bundle == "cls_baseline":
+        rows = (tmp_path / "out" / "predictions.csv").read_text().strip().splitlines()
+        assert [r.split(",")[0] for r in rows] == [str(folder / p.name) for p in images]
+        assert all(float(r.split(",")[1]) in (0.0, 1.0, 2.0) for r in rows)
+    else:
+        for p in images:
+            pred, src = nib.load(tmp_path / "out" / p.name.replace(".nii.gz", "_seg.nii.gz")), nib.load(p)
+            assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+            assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+    with pytest.raises(Exception) as info:
+        run(ckpt_path=str(tmp_path / "missing.pt"), **args)
+    assert "checkpoint file does not exist" in str(find_liver_error(info.value))
 
 
 # ---------------------------------------------------------------- training and evaluation
