@@ -41,7 +41,7 @@ def _cmd(out: Path, data: dict, epochs: int = 1) -> list[str]:
     return [sys.executable, "-m", "monai_liver", "experiment", "--out", str(out), "--datalist", str(data["lesions"]),
             "--lits-datalist", str(data["lits"]), "--folds", "2", "--epochs", str(epochs), "--lits-epochs", "1",
             "--image-size", "32", "--batch-size", "4", "--max-slices", "4", "--inits", "scratch", "imagenet", "lits",
-            "--no-download", "--device", "cpu"]
+            "--no-download", "--device", "cpu", "--phantoms"]
 
 
 def _env(tmp: Path) -> dict:
@@ -109,6 +109,7 @@ def test_experiment_kill_resume(data, tmp_path):
     assert table[table.init == "imagenet"].status.str.startswith("not run: ImageNet weights unavailable").all()
     assert len(pd.read_csv(out / "per_slice.csv")) == 8 * 16
     md = (out / "results.md").read_text()
+    assert "Numbers from phantoms" in md and "(phantoms)" in res.stdout
     assert "| Joint learning | LiTS |" in md and res.stdout.count("| Joint learning |") == 3
     assert (out / "report.html").is_file() and (out / "figures" / "metrics.png").is_file()
 

@@ -58,6 +58,7 @@ __all__ = [
     "format_cell",
     "footnote",
     "class_names_of",
+    "is_phantoms",
 ]
 
 #: strategies that predict a slice class / a lesion mask (decides whether a missing figure is 0 or n/a)
@@ -414,6 +415,12 @@ def _not_run(out_dir: Path) -> dict[tuple[str, str], str]:
     return out
 
 
+def is_phantoms(experiment: dict) -> bool:
+    """Whether the experiment's lesion-type data are phantoms (``experiment.json``: ``"phantoms": true``
+    or ``"data": "phantoms"``)."""
+    return bool(experiment.get("phantoms")) or experiment.get("data") == "phantoms"
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -437,7 +444,7 @@ def aggregate(out_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> di
         if r.done:
             folds_done.setdefault((r.strategy, r.init), []).append(r.fold)
     results = summarise(per_slice, exp, not_run, folds_done, n_boot=n_boot, seed=seed)
-    phantoms = exp.get("data") == "phantoms"
+    phantoms = is_phantoms(exp)
     paths = {"per_slice": out_dir / "per_slice.csv", "results": out_dir / "results.csv", "markdown": out_dir / "results.md"}
     _atomic_write(paths["per_slice"], per_slice.to_csv(index=False))
     _atomic_write(paths["results"], results.to_csv(index=False, float_format="%.4f"))

@@ -316,7 +316,7 @@ def build_report(out_dir: str | Path, n_boot: int | None = None) -> Path:
     per_slice = pd.read_csv(paths["per_slice"], dtype={"patient_id": str, "true_cls": str, "pred_cls": str})
     exp = agg.read_experiment(out_dir)
     classes = agg.class_names_of(per_slice, exp.get("classes", ()))
-    phantoms = exp.get("data") == "phantoms"
+    phantoms = agg.is_phantoms(exp)
     fig_dir = out_dir / "figures"
     figs: list[tuple[str, Path | None, str]] = []
     figs.append(("Acc, Dice and Recall per strategy and initialisation", plot_metrics(results, fig_dir / "metrics.png"),

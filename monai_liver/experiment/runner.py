@@ -84,6 +84,10 @@ class ExperimentResult:
 # ----------------------------------------------------------------------------------- small helpers
 
 
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -417,24 +421,6 @@ class _Tracker:
         self.client.set_terminated(self.parent_id, status=status)
 
 
-def _mlflow_settings(out: Path) -> Path:
-    """MONAI's default MLflow tracking settings with one change, written to ``<out>/mlflow_settings.json``
-    and passed as ``--tracking <file>``: the trainer handler's ``output_transform``. MONAI's default
-    (``from_engine(['loss'], first=True)``) returns a tuple for a non-decollated engine output (our
-    engines run with ``decollate=False``), which MLflow cannot log as a metric."""
-    import copy
-
-    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
-
-    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
-    settings["configs"]["trainer"]["output_transform"] = (
-        "$lambda out: float(out['loss']) if isinstance(out, dict) else float(out[0]['loss'])"
-    )
-    path = out / "mlflow_settings.json"
-    _atomic_write(path, json.dumps(settings, indent=2))
-    return path
-
-
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -470,11 +456,15 @@ def run_experiment(
     device: str | None = None,
     seed: int = 0,
     isolation: str | None = None,
+    phantoms: bool | None = None,
     n_boot: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _print,
 ) -> ExperimentResult:
     """Run (or resume) the whole experiment in ``out``; see the module doc. Returns the paths and
     the results table (markdown). Options left None come from ``preset`` (``"quick"`` / ``"full"``).
+
+    ``phantoms``: say in the table and report that the lesion-type data are phantoms (automatic when
+    this call generates them; pass True for phantoms made beforehand, as the demo does).
 
     Raises LiverError for bad options or data, a failed bundle run (naming its log), or a folder
     that was started with other settings.
@@ -500,7 +490,7 @@ def run_experiment(
                             batch_size=batch_size, max_slices=max_slices, isolation=isolation)
     if opts["isolation"] not in ("inprocess", "subprocess"):
         raise LiverError(f"isolation '{opts['isolation']}' is not known; choose inprocess or subprocess")
-    opts.update(seed=seed, strategies=strategies, inits=inits, lits=lits, lits_datalist=lits_datalist,
+    opts.update(seed=seed, phantoms=phantoms, strategies=strategies, inits=inits, lits=lits, lits_datalist=lits_datalist,
                 manifest=manifest, datalist=datalist)
     if int(opts["folds"]) < 2:
         raise LiverError(f"--folds must be at least 2 (got {opts['folds']})")
@@ -550,6 +540,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         "batch_size": int(opts["batch_size"]), "max_slices": int(opts["max_slices"] or 0), "seed": int(opts["seed"]),
         "data": kind, "lits_data": lits_kind, "datalist": str(lesions), "lits_datalist": str(lits_list or ""),
         "strategies": opts["strategies"], "inits": opts["inits"], "device": device or "auto",
+        "phantoms": bool(opts.get("phantoms")) or kind == "phantoms",
     }
     from monai_liver.engine.data import datalist_classes
 
@@ -566,6 +557,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         # runs may be added (more strategies / inits) but the table keeps the ones already there
         exp["strategies"] = list(dict.fromkeys(old.get("strategies", []) + exp["strategies"]))
         exp["inits"] = list(dict.fromkeys(old.get("inits", []) + exp["inits"]))
+        exp["phantoms"] = exp["phantoms"] or bool(old.get("phantoms"))
     _atomic_write(out / "experiment.json", json.dumps(exp, indent=2))
 
     env = dict(os.environ)
@@ -601,6 +593,9 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         "seed": int(opts["seed"]), "cache_dir": str(out / "cache"), "num_workers": int(opts["num_workers"]),
         "max_train_slices": int(opts["max_slices"] or 0), "progress": False,
     }
+    for k in ("learning_rate", "val_interval"):  # preset tuning, when the preset sets them
+        if opts.get(k) is not None:
+            common[k] = opts[k]
     if device:
         common["device"] = f"$torch.device('{device}')"
 
@@ -610,14 +605,12 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
              "fold": fold, "init": init, "output_dir": str(run_dir), **common, **extra}
         return {k: v for k, v in o.items() if k in ids or k in ("bundle_root", "output_dir")}
 
-    settings = _mlflow_settings(out) if tracking else None
-
     def tracking_overrides(strategy: str, init: str, fold: int) -> dict:
         if not tracking:
             return {}
         from monai_liver.engine.tracking import run_name
 
-        return {"tracking": str(settings), "tracking_uri": uri, "experiment_name": "monai_liver",
+        return {"tracking": "mlflow", "tracking_uri": uri, "experiment_name": "monai_liver",
                 "run_name": run_name(strategy, init, fold)}
 
     lits_ckpt = ""
@@ -633,7 +626,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
                 _log_line(out, f"start {PRETRAIN_STRATEGY} scratch fold-1")
                 # fold -1: train on every LiTS volume; validation (monitoring only) on a subset of them
                 o = overrides(bundle, pre, lits_list, -1, "scratch",
-                              {"epochs": int(opts["lits_epochs"]), "max_val_slices": int(opts["max_slices"] or 0)})
+                              {"epochs": int(opts["lits_epochs"]), "max_val_slices": int(opts["max_slices"] or 1024)})
                 _run_bundle(bundle, ["train.json"], {**o, **tracking_overrides(PRETRAIN_STRATEGY, "scratch", -1)},
                             pre / "train.log", env, opts["isolation"])
                 if not Path(lits_ckpt).is_file():
@@ -723,6 +716,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--phantoms", action="store_true", default=None,
+                        help="the --datalist / --manifest data are phantoms: the table and report say so")
     parser.add_argument("--isolation", choices=("inprocess", "subprocess"),
                         help="run each bundle in this process (imports paid once; --quick default) or as "
                              "'python -m monai.bundle run' subprocesses (--full default)")
@@ -741,7 +736,7 @@ def main(args: argparse.Namespace) -> int:
         image_size=args.image_size, batch_size=args.batch_size, max_slices=args.max_slices, strategies=args.strategies,
         inits=args.inits, imagenet_weights=args.imagenet_weights, download=not args.no_download,
         tracking_uri=args.tracking_uri, tracking=not args.no_tracking, device=args.device, seed=args.seed,
-        isolation=args.isolation,
+        isolation=args.isolation, phantoms=args.phantoms,
     )
     print()
     print(res.table_markdown)

@@ -470,6 +470,7 @@ def infer(
     overlays: bool = True,
     loaded: LoadedModel | None = None,
     image_size: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict:
     """Run the pipeline of the module doc on ``input``; write the outputs to ``out``; return the
     content of ``result.json``. ``loaded`` reuses a model from :func:`load_bundle_model`."""
@@ -485,7 +486,7 @@ def infer(
     if loaded is None:
         from monai_liver.experiment.runner import bundles_dir
 
-        loaded = load_bundle_model(bundle or bundles_dir() / "joint", model, device, image_size=image_size)
+        loaded = load_bundle_model(bundle or bundles_dir() / "joint", model, device, class_names, image_size)
     liver_in = load_mask(liver, reference_affine=affine, reference_shape=hu.shape) if liver else None
     pred = predict_volume(loaded, hu, affine, liver_in, min_liver_mm2)
     labels, lesions = lesion_components(pred, affine, loaded.class_names)
@@ -562,6 +563,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
     parser.add_argument("--min-liver-mm2", type=float, default=100.0, help="3D: skip slices with less liver (default 100 mm2)")
     parser.add_argument("--no-overlays", action="store_true", help="no PNG per lesion slice")
+    parser.add_argument("--classes", nargs="+", help="lesion class names the model was trained with (default: the bundle's)")
     parser.add_argument("--image-size", type=int, help="network input size the model was trained with (default: the bundle's inference.json)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
 
@@ -569,7 +571,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     res = infer(args.input, args.out, bundle=args.bundle, model=args.model, liver=args.liver, dicom_seg=args.dicom_seg,
                 device=args.device, min_liver_mm2=args.min_liver_mm2, overlays=not args.no_overlays,
-                image_size=args.image_size)
+                image_size=args.image_size, class_names=args.classes)
     print(f"{args.input}: {res['slices_processed']} slice(s) processed, {len(res['lesions'])} lesion(s)")
     for d in res["lesions"][:20]:
         cls = f" {d['class']} ({max(d['class_probabilities'].values()):.2f})" if "class" in d else ""
