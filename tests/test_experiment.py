@@ -132,3 +132,22 @@ def test_experiment_kill_resume(data, tmp_path):
     bad = subprocess.run(_cmd(out, data, epochs=2), env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ") and "epochs=1" in bad.stderr
+
+
+@pytest.mark.parametrize("isolation", ["subprocess", "inprocess"])
+def test_bundle_failure_is_one_clear_error(data, tmp_path, isolation):
+    """A bundle that fails (here: a fold the datalist lacks) stops the experiment with the bundle's
+    own one-line error, naming its log; both ways of running a bundle."""
+    from monai_liver.engine.data import datalist_dataset_dir
+    from monai_liver.errors import LiverError
+    from monai_liver.experiment.runner import _run_bundle, bundles_dir
+
+    bundle = bundles_dir() / "seg_baseline"
+    o = {"bundle_root": str(bundle), "datalist": str(data["lesions"]), "dataset_dir": datalist_dataset_dir(data["lesions"]),
+         "fold": 7, "init": "scratch", "output_dir": str(tmp_path / "run"), "epochs": 1, "image_size": 32,
+         "cache_dir": str(tmp_path / "cache"), "num_workers": 0, "progress": False}
+    log = tmp_path / "run" / "train.log"
+    with pytest.raises(LiverError, match="fold 7 does not exist") as e:
+        _run_bundle(bundle, ["train.json"], o, log, _env(tmp_path), isolation)
+    assert str(log) in str(e.value) and "\n" not in str(e.value)
+    assert "fold 7 does not exist" in log.read_text()
