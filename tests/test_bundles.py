@@ -155,6 +155,8 @@ def test_monai_bundle_checks(bundle, phantoms, tmp_path) -> None:
     )
     train.initialize()
     assert train.check_properties() == []
+    bns = [m for m in train.parser.get_parsed_content("network_def").modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and {m.momentum for m in bns} == {0.1}  # set_bn_momentum ran in initialize
     from monai_liver.networks.factory import build_network
 
     ckpt = tmp_path / "model.pt"

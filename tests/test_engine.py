@@ -399,6 +399,17 @@ def test_checkpoints_resume_log_and_early_stop(tmp_path) -> None:
     assert pd.read_csv(es_dir / "train_log.csv")["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
 
 
+def test_set_bn_momentum() -> None:
+    from monai_liver.engine.handlers import set_bn_momentum
+    from monai_liver.networks.factory import build_network
+
+    net = build_network("cls_baseline", 3)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and {m.momentum for m in bns} == {0.01}  # MONAI's EfficientNet default
+    assert set_bn_momentum(net, 0.1) == len(bns) and {m.momentum for m in bns} == {0.1}
+    assert set_bn_momentum(net, None) == 0 and {m.momentum for m in bns} == {0.1}
+
+
 def test_rank_handlers_single_process() -> None:
     from monai.handlers import StatsHandler
 

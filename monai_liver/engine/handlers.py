@@ -34,6 +34,7 @@ __all__ = [
     "unwrap",
     "rank",
     "load_model",
+    "set_bn_momentum",
     "BestModelSaver",
     "ResumeCheckpoint",
     "EpochLogger",
@@ -112,6 +113,25 @@ def load_model(network: torch.nn.Module, path: str | Path, map_location: Any = "
     target.load_state_dict(state, strict=True)
     logger.info(f"loaded {len(state)} tensors from {path}")
     return network
+
+
+def set_bn_momentum(network: torch.nn.Module, momentum: float | None = 0.1) -> int:
+    """Set the running-statistics momentum of every BatchNorm layer of ``network``; returns how many.
+
+    MONAI's EfficientNet encoders use ``momentum=0.01`` (TensorFlow's 0.99). On the short runs and
+    small datasets of this project the running statistics then lag the weights for hundreds of
+    iterations, and the network in eval mode (validation, inference) predicts one class for every
+    slice while the training loss is low. PyTorch's default 0.1 follows within a few epochs.
+    ``None`` keeps the layers' own values.
+    """
+    if momentum is None:
+        return 0
+    n = 0
+    for module in unwrap(network).modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = float(momentum)
+            n += 1
+    return n
 
 
 def _finite(x: Any) -> float:
