@@ -74,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
                 preset="quick",
                 seed=args.seed,
                 device=args.device,
+                phantoms=True,
             )
         print()
         print(result.table_markdown)
