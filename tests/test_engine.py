@@ -311,7 +311,7 @@ def _tiny_trainer(out: Path, epochs: int, scores: list[float]):
     from ignite.engine import Engine, Events
     from monai.engines import SupervisedTrainer
 
-    from monai_liver.engine.handlers import BestModelSaver, EarlyStop, EpochLogger, ResumeCheckpoint
+    from monai_liver.engine.handlers import BestModelSaver, EarlyStop, EpochLogger, ProgressBar, ResumeCheckpoint
 
     torch.manual_seed(0)
     net = torch.nn.Linear(2, 1)
@@ -342,6 +342,7 @@ def _tiny_trainer(out: Path, epochs: int, scores: list[float]):
         Sched(),
         EpochLogger(out / "train_log.csv", evaluator=evaluator, optimizer=opt),
         EarlyStop(patience=2, evaluator=evaluator),
+        ProgressBar(),
     ]
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=epochs, train_data_loader=data, network=net, optimizer=opt,
