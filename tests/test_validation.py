@@ -218,7 +218,7 @@ def test_fold_out_of_range(tmp_path, capsys):
 def test_missing_datalist_is_a_usage_error(tmp_path, capsys):
     assert cli(["validate", str(tmp_path / "nope.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {tmp_path / 'nope.json'}: datalist not found"]
+    assert err == [f"error: {tmp_path / 'nope.json'}: datalist file does not exist"]
 
 
 # ---------------------------------------------------------------- warnings: one WARN line, exit 0

@@ -236,18 +236,25 @@ def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_datalist(path: str | os.PathLike) -> dict:
+def read_datalist(path: str | os.PathLike, require_items: bool = False) -> dict:
     """Read a datalist JSON; ``"dataset_dir"`` comes back absolute (resolved against the JSON's folder;
-    the JSON's folder when absent). Raises LiverError for a missing or malformed file."""
+    the JSON's folder when absent). Raises LiverError for a missing or malformed file and, with
+    ``require_items`` (what training needs), for an empty ``"training"`` list or an item without ``image``."""
     path = Path(path)
     if not path.is_file():
-        raise LiverError(f"{path}: datalist not found")
+        raise LiverError(f"{path}: datalist file does not exist")
     try:
         dl = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LiverError(f"{path}: not valid JSON ({e})") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LiverError(f"{path}: datalist is not valid JSON ({e})") from None
     if not isinstance(dl, dict) or not isinstance(dl.get("training"), list):
         raise LiverError(f"{path}: no \"training\" list (expected a MONAI datalist)")
+    if require_items:
+        if not dl["training"]:
+            raise LiverError(f"{path}: datalist is empty (no 'training' items)")
+        for i, item in enumerate(dl["training"]):
+            if not isinstance(item, dict) or "image" not in item:
+                raise LiverError(f"{path}: item {i} of 'training' has no 'image'")
     ddir = dl.get("dataset_dir") or "."
     dl["dataset_dir"] = os.path.normpath(os.path.join(path.parent.resolve(), os.path.expanduser(str(ddir))))
     return dl

@@ -9,7 +9,6 @@ into ``cache_dir``; the dataset then caches the deterministic part of the transf
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,36 +32,24 @@ __all__ = [
 SPLITS: tuple[str, ...] = ("train", "val", "all")
 
 
-def read_datalist(datalist: str | Path, data_list_key: str = "training") -> dict:
-    """Read a MONAI datalist JSON; LiverError if it is missing, unreadable or has no items."""
-    path = Path(datalist)
-    if not path.is_file():
-        raise LiverError(f"{path}: datalist file does not exist")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LiverError(f"{path}: datalist is not valid JSON ({e})") from None
-    if not isinstance(content, dict) or not isinstance(content.get(data_list_key), list):
-        raise LiverError(f"{path}: datalist has no '{data_list_key}' list")
-    items = content[data_list_key]
-    if not items:
-        raise LiverError(f"{path}: datalist is empty (no '{data_list_key}' items)")
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or "image" not in item:
-            raise LiverError(f"{path}: item {i} of '{data_list_key}' has no 'image'")
-    return content
+def read_datalist(datalist: str | Path) -> dict:
+    """The datalist as training needs it: LiverError if it is missing, unreadable or has no items
+    (:func:`monai_liver.data.datalist.read_datalist` with ``require_items``)."""
+    from monai_liver.data.datalist import read_datalist as _read
+
+    return _read(datalist, require_items=True)
 
 
 def datalist_dataset_dir(datalist: str | Path) -> str:
     """The datalist's ``"dataset_dir"`` (relative to the JSON's folder, as
     :func:`monai_liver.data.datalist.write_datalist` stores it), else the JSON's folder; ``""`` when the
     datalist cannot be read (the dataset check then names the datalist)."""
-    path = Path(datalist)
+    from monai_liver.data.datalist import read_datalist as _read
+
     try:
-        ddir = json.loads(path.read_text()).get("dataset_dir") or "."
-    except (OSError, ValueError, AttributeError):
+        return _read(datalist)["dataset_dir"]
+    except LiverError:
         return ""
-    return os.path.normpath(os.path.join(path.parent.resolve(), os.path.expanduser(str(ddir))))
 
 
 def datalist_classes(datalist: str | Path | None = None, class_names: Sequence[str] | None = None) -> tuple[str, ...]:
