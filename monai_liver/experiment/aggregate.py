@@ -389,6 +389,14 @@ def footnote(phantoms: bool, n_boot: int = N_BOOT) -> str:
     return text
 
 
+def short_status(status: str) -> str:
+    """A status for the table cell: a reason's first clause (``results.csv`` keeps the whole reason,
+    e.g. which ImageNet file to provide and where)."""
+    if status.startswith("not run: "):
+        return "not run: " + status[len("not run: "):].split(": ")[0]
+    return status
+
+
 def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int = N_BOOT) -> str:
     """The table laid out like the paper's: ours (Acc, Dice, Recall with 95% intervals), the paper's
     numbers beside, then n, status and a footnote with the definitions."""
@@ -401,7 +409,7 @@ def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int 
         n = f"{int(r['n_slices'])} / {int(r['n_patients'])}" if pd.notna(r.get("n_slices")) else "–"
         lines.append(
             f"| {STRATEGY_TITLES.get(r['strategy'], r['strategy'])} | {INIT_TITLES.get(r['init'], r['init'])} | "
-            + " | ".join(ours + paper) + f" | {n} | {r['status']} |"
+            + " | ".join(ours + paper) + f" | {n} | {short_status(r['status'])} |"
         )
     title = "# Results" + (" (phantoms)" if phantoms else "")
     return f"{title}\n\n" + "\n".join(lines) + "\n\n" + footnote(phantoms, n_boot) + "\n"
