@@ -45,7 +45,7 @@ from monai_liver.errors import LiverError
 
 __all__ = ["PRESETS", "ExperimentResult", "bundles_dir", "run_experiment", "add_arguments", "main"]
 
-#: Scale presets. ``quick``: CPU, every strategy x init in about 10 minutes on 2 cores (phantoms);
+#: Scale presets. ``quick``: CPU, every strategy x {scratch, lits} in about 15-20 minutes on 2 cores (phantoms);
 #: ``full``: the paper's scale (all 332 slices, 5 folds, 256 px) for a GPU.
 PRESETS: dict[str, dict] = {
     # quick: about 120 optimiser steps of batch 4 per run; fewer (e.g. 18 steps of batch 8, 40 of batch 16)
