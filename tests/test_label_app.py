@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("monailabel", reason="MONAI Label is the 'label' extra: pip install -e '.[label]'")
 
-from test_mlflow_server import free_port, group_is_gone, port_is_free, stop_group, wait_until_up  # noqa: E402
+from test_mlflow_server import free_port, stop_server, wait_until_up  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -74,12 +74,7 @@ def label_server(tmp_path_factory, real_dir):
         wait_until_up(url + "/info/", proc, log)
         yield {"url": url, "studies": studies, "work": work, "log": log, "phantom_label": Path(str(vol).replace("volume-", "segmentation-"))}
     finally:
-        stop_group(proc)
-        deadline = time.monotonic() + 30
-        while not port_is_free(port) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert port_is_free(port), f"port {port} still in use after the server stopped"
-        assert group_is_gone(proc.pid), "server processes left behind"
+        stop_server(proc, port)
 
 
 def _get(url: str) -> dict:

@@ -79,6 +79,16 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     proc.wait(timeout=timeout)
 
 
+def stop_server(proc: subprocess.Popen, port: int, timeout: float = 30.0) -> None:
+    """Stop a server's process group and check that its port is free and no process is left."""
+    stop_group(proc)
+    deadline = time.monotonic() + timeout
+    while not port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert port_is_free(port), f"port {port} still in use after the server stopped"
+    assert group_is_gone(proc.pid), "server processes left behind"
+
+
 def wait_until_up(url: str, proc: subprocess.Popen, log: Path, limit: float = 180.0) -> None:
     """Poll ``url`` until it answers 200; fail with the server's log if the process dies or never answers."""
     deadline = time.monotonic() + limit
@@ -117,12 +127,7 @@ def mlflow_server(tmp_path_factory):
         wait_until_up(url + "/health", proc, log)
         yield {"url": url, "port": port, "artifacts": work / "artifacts", "log": log}
     finally:
-        stop_group(proc)
-        deadline = time.monotonic() + 30
-        while not port_is_free(port) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert port_is_free(port), f"port {port} still in use after the server stopped"
-        assert group_is_gone(proc.pid), "server processes left behind"
+        stop_server(proc, port)
 
 
 @pytest.fixture(scope="module")
