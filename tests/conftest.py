@@ -15,3 +15,13 @@ def real_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real CT samples not found at {path} (set MONAI_LIVER_REAL_DATA)")
     return path
+
+
+def tiny_lesion_datalist(folder: Path) -> Path:
+    """A tiny lesion-type phantom set (6 patients, 12 slices of 64 x 64 px) in ``folder/data`` and its
+    2-fold datalist ``folder/datalist.json``: the training data of the bundle-running tests."""
+    from monai_liver.data.datalist import datalist_from_manifest, write_datalist
+    from monai_liver.data.phantoms import make_lesion_slices
+
+    manifest = make_lesion_slices(folder / "data", n_patients=6, n_slices=12, size=64, seed=0)
+    return Path(write_datalist(datalist_from_manifest(manifest, n_folds=2, seed=0), folder / "datalist.json"))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_lesion_datalist
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "joint"
@@ -20,11 +21,7 @@ def test_joint_bundle_trains_on_two_ranks(tmp_path) -> None:
     import pandas as pd
     import torch
 
-    from monai_liver.data.datalist import datalist_from_manifest, write_datalist
-    from monai_liver.data.phantoms import make_lesion_slices
-
-    manifest = make_lesion_slices(tmp_path / "data", n_patients=6, n_slices=12, size=64, seed=0)
-    datalist = write_datalist(datalist_from_manifest(manifest, n_folds=2, seed=0), tmp_path / "datalist.json")
+    datalist = tiny_lesion_datalist(tmp_path)
     out = tmp_path / "run"
     configs = [str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "multi_gpu_train.json")]
     cmd = [

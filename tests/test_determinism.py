@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_lesion_datalist
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "ynet"
@@ -20,11 +21,7 @@ def test_same_seed_same_training(tmp_path) -> None:
     import pandas as pd
     import torch
 
-    from monai_liver.data.datalist import datalist_from_manifest, write_datalist
-    from monai_liver.data.phantoms import make_lesion_slices
-
-    manifest = make_lesion_slices(tmp_path / "data", n_patients=6, n_slices=12, size=64, seed=0)
-    datalist = write_datalist(datalist_from_manifest(manifest, n_folds=2, seed=0), tmp_path / "datalist.json")
+    datalist = tiny_lesion_datalist(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def start(name: str, seed: int) -> subprocess.Popen:

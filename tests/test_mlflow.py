@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_lesion_datalist
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "ynet"
@@ -19,12 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def datalist(tmp_path_factory) -> Path:
-    from monai_liver.data.datalist import datalist_from_manifest, write_datalist
-    from monai_liver.data.phantoms import make_lesion_slices
-
-    work = tmp_path_factory.mktemp("mlflow_phantoms")
-    manifest = make_lesion_slices(work / "data", n_patients=6, n_slices=12, size=64, seed=0)
-    return write_datalist(datalist_from_manifest(manifest, n_folds=2, seed=0), work / "datalist.json")
+    return tiny_lesion_datalist(tmp_path_factory.mktemp("mlflow_phantoms"))
 
 
 def cmd(datalist: Path, out: Path, *extra: str) -> list[str]:

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import tiny_lesion_datalist
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "joint"
@@ -133,12 +134,7 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lesion_datalist(tmp_path_factory) -> Path:
     """A tiny lesion-type phantom set (6 patients, 12 slices of 64 x 64) and its 2-fold datalist."""
-    from monai_liver.data.datalist import datalist_from_manifest, write_datalist
-    from monai_liver.data.phantoms import make_lesion_slices
-
-    work = tmp_path_factory.mktemp("lesion_phantoms")
-    manifest = make_lesion_slices(work / "data", n_patients=6, n_slices=12, size=64, seed=0)
-    return Path(write_datalist(datalist_from_manifest(manifest, n_folds=2, seed=0), work / "datalist.json"))
+    return tiny_lesion_datalist(tmp_path_factory.mktemp("lesion_phantoms"))
 
 
 def bundle_cmd(datalist: Path, out: Path, tracking_uri: str, run_name: str) -> list[str]:
