@@ -191,10 +191,11 @@ def _preprocess(strategy: str, image_size: int, window: Sequence[float], n_class
     ]
 
 
-def _finalise() -> list:
+def _finalise(track_meta: bool = True) -> list:
     from monai.transforms import EnsureTyped
 
-    return [EnsureTyped("image", dtype=torch.float32), EnsureTyped("seg", dtype=torch.long)]
+    return [EnsureTyped("image", dtype=torch.float32, track_meta=track_meta),
+            EnsureTyped("seg", dtype=torch.long, track_meta=track_meta)]
 
 
 def train_transforms(
@@ -210,6 +211,9 @@ def train_transforms(
     Augmentation (2D, after the resize so it costs little): rotation up to 15 degrees, zoom
     0.9-1.1, flips along either axis, intensity scale and shift (clipped back to [0, 1]); ``seg``
     always by nearest neighbour. Deterministic parts come first, so ``CacheDataset`` caches them.
+    The bundles leave ``augment`` off and augment the batch instead
+    (:func:`monai_liver.engine.prepare_batch.augment_batch`: cheaper per slice). Items come out as
+    plain tensors (no MetaTensor: training needs no metadata, and plain tensors collate faster).
     """
     from monai.transforms import (
         Compose,
@@ -234,7 +238,7 @@ def train_transforms(
             # back into [0, 1] after the intensity changes (identity map with clipping)
             ScaleIntensityRanged("image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
-    return Compose(chain + _finalise())
+    return Compose(chain + _finalise(track_meta=False))
 
 
 def eval_transforms(

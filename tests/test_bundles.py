@@ -17,7 +17,7 @@ BUNDLES = ("lits_pretrain", "cls_baseline", "seg_baseline", "ynet", "joint")
 CLASSES = ("cyst", "hemangioma", "metastasis")
 #: small decoder for speed on CPU (the bundles' default is (256, 128, 64, 32, 16))
 SMALL = ["--network_def#decoder_channels", "[32,16,16,8,8]"]
-LOG_COLUMNS = ["epoch", "loss", "lr", "val_dice", "val_recall", "val_acc", "val_bacc"]
+LOG_COLUMNS = ["epoch", "loss", "lr", "val_dice", "val_recall", "val_acc", "val_bacc", "val_liver_dice", "seconds", "slices"]
 
 
 def env() -> dict:

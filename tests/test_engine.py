@@ -104,7 +104,7 @@ def test_multitask_loss_terms() -> None:
     cls_logits = torch.randn(4, 3)
     pred = {"seg": seg_logits, "cls": cls_logits}
     target = {"seg": b["seg"], "cls": b["cls"]}
-    dce = DiceCELoss(to_onehot_y=True, softmax=True)(seg_logits, b["seg"])
+    dce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(seg_logits, b["seg"])
     ce = torch.nn.functional.cross_entropy(cls_logits, b["cls"])
     assert torch.allclose(MultiTaskLoss("seg_baseline")(pred, target), dce)
     assert torch.allclose(MultiTaskLoss("lits_pretrain")({"seg": seg_logits, "cls": None}, target), dce)
@@ -113,8 +113,11 @@ def test_multitask_loss_terms() -> None:
     # joint: the class output (a vote derived from seg) is not trained; DiceCE over 2 + K channels
     jb = _batch(joint=True)
     joint_logits = torch.randn(4, 5, 32, 32)
-    jdce = DiceCELoss(to_onehot_y=True, softmax=True)(joint_logits, jb["seg"])
+    jdce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(joint_logits, jb["seg"])
     assert torch.allclose(MultiTaskLoss("joint")({"seg": joint_logits, "cls": torch.randn(4, 3)}, jb), jdce)
+    # dice_batch=False: MONAI's per-slice Dice, averaged
+    per_slice = DiceCELoss(to_onehot_y=True, softmax=True)(seg_logits, b["seg"])
+    assert torch.allclose(MultiTaskLoss("seg_baseline", dice_batch=False)(pred, target), per_slice)
     # unknown classes are ignored; a batch without any is 0 for the CE term, not NaN
     partial = {"seg": b["seg"], "cls": torch.tensor([0, -1, -1, 2])}
     ce_partial = torch.nn.functional.cross_entropy(cls_logits[[0, 3]], torch.tensor([0, 2]))
@@ -362,7 +365,7 @@ def test_checkpoints_resume_log_and_early_stop(tmp_path) -> None:
     trainer.run()
     ref_log = pd.read_csv(ref_dir / "train_log.csv")
     assert ref_log["epoch"].tolist() == [1, 2, 3, 4]
-    assert list(ref_log.columns) == ["epoch", "loss", "lr", "val_dice", "val_recall", "val_acc", "val_bacc"]
+    assert list(ref_log.columns) == ["epoch", "loss", "lr", "val_dice", "val_recall", "val_acc", "val_bacc", "val_liver_dice", "seconds", "slices"]
     assert ref_log["lr"].tolist() == pytest.approx([0.1, 0.05, 0.025, 0.0125])
     assert ref_log["val_dice"].tolist() == pytest.approx(scores[:4])
     best = torch.load(ref_dir / "model.pt", weights_only=True)

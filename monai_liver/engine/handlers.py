@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,22 @@ __all__ = [
     "unwrap",
     "rank",
     "load_model",
+    "checkpoint_settings",
     "set_bn_momentum",
     "BestModelSaver",
     "ResumeCheckpoint",
     "EpochLogger",
     "EarlyStop",
+    "TimeBudget",
     "ProgressBar",
     "rank_handlers",
 ]
 
 logger = logging.getLogger("monai_liver.engine")
 
-LOG_COLUMNS: tuple[str, ...] = ("epoch", "loss", "lr", *METRIC_NAMES)
+#: train_log.csv columns; ``seconds``: the epoch's training wall time (validation excluded),
+#: ``slices``: training slices it saw.
+LOG_COLUMNS: tuple[str, ...] = ("epoch", "loss", "lr", *METRIC_NAMES, "seconds", "slices")
 
 
 def rank() -> int:
@@ -87,6 +92,15 @@ def _load(path: str | Path, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, not a torch file, pickled code
         raise LiverError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def checkpoint_settings(path: str | Path) -> dict:
+    """The training settings a ``model.pt`` of :class:`BestModelSaver` records (``strategy``,
+    ``backbone``, ``image_size``, ``class_names``), or ``{}`` for a checkpoint without them (older
+    runs, TorchScript files, other tools). Unreadable files raise LiverError as :func:`load_model`."""
+    ckpt = _load(path)
+    settings = ckpt.get("settings") if isinstance(ckpt, Mapping) else None
+    return dict(settings) if isinstance(settings, Mapping) else {}
 
 
 def load_model(network: torch.nn.Module, path: str | Path, map_location: Any = "cpu") -> torch.nn.Module:
@@ -154,6 +168,8 @@ class BestModelSaver:
         filename: default ``model.pt``.
         resume: continue from the best value recorded in an existing ``filename`` (resumed runs);
             otherwise an existing file is overwritten by the first validation.
+        settings: what inference must know to run the model as it was trained (``strategy``,
+            ``backbone``, ``image_size``, ``class_names``), stored as ``"settings"`` in the file.
     """
 
     def __init__(
@@ -163,8 +179,10 @@ class BestModelSaver:
         key_metric_name: str | None = None,
         filename: str = "model.pt",
         resume: bool = False,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(save_dir) / filename
+        self.settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in (settings or {}).items()}
         self.network = network
         self.key_metric_name = key_metric_name
         self.best: float | None = None
@@ -190,7 +208,8 @@ class BestModelSaver:
             state = {k: v.detach().cpu() for k, v in unwrap(self.network).state_dict().items()}
             value = float(engine.state.metrics[name])
             atomic_save(
-                {"model": state, "key_metric": name, "key_metric_value": value, "epoch": self.best_epoch}, self.path
+                {"model": state, "key_metric": name, "key_metric_value": value, "epoch": self.best_epoch,
+                 "settings": self.settings}, self.path
             )
             logger.info(f"saved {self.path} ({name} = {value:.4f} at epoch {self.best_epoch})")
 
@@ -262,8 +281,9 @@ class ResumeCheckpoint:
 
 class EpochLogger:
     """Attach to the trainer: one row per epoch in ``path`` (CSV) with ``epoch, loss, lr,
-    val_dice, val_recall, val_acc, val_bacc`` (mean training loss, the learning rate the epoch ran
-    with, the evaluator's metrics when it ran this epoch; empty where there is none). Every rank
+    val_dice, val_recall, val_acc, val_bacc, val_liver_dice, seconds, slices`` (mean training loss,
+    the learning rate the epoch ran with, the evaluator's metrics when it ran this epoch, empty
+    where there is none; the epoch's training seconds, validation excluded, and slices seen). Every rank
     logs one line per epoch (``rank r: epoch e/E loss x``); only rank 0 writes the file. When the
     first epoch of a run starts, rows of epochs after the (possibly resumed) last finished epoch are
     dropped, so a resumed run continues the file.
@@ -310,17 +330,24 @@ class EpochLogger:
             self._start_file(engine.state.epoch - 1)
         self._fresh = False
         self._losses = []
+        self._slices = 0
         self._lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else None
+        self._start = self._last = time.perf_counter()
 
     def iteration_completed(self, engine: Engine) -> None:
+        self._last = time.perf_counter()
         out = engine.state.output
         loss = out.get("loss") if isinstance(out, Mapping) else None
-        if loss is not None:
-            self._losses.append(float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss))
+        if loss is not None:  # kept as tensors: no host sync per iteration
+            self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else float(loss))
+        batch = engine.state.batch
+        image = batch.get("image") if isinstance(batch, Mapping) else None
+        self._slices += int(image.shape[0]) if image is not None else 0
 
     def epoch_completed(self, engine: Engine) -> None:
-        loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
-        row: dict[str, Any] = {"epoch": engine.state.epoch, "loss": f"{loss:.6g}", "lr": "" if self._lr is None else f"{self._lr:.6g}"}
+        loss = float(sum(self._losses) / len(self._losses)) if self._losses else float("nan")
+        row: dict[str, Any] = {"epoch": engine.state.epoch, "loss": f"{loss:.6g}", "lr": "" if self._lr is None else f"{self._lr:.6g}",
+                               "seconds": f"{self._last - self._start:.3f}", "slices": self._slices}
         ev = self.evaluator
         if ev is not None and getattr(ev.state, "epoch", None) == engine.state.epoch:
             for name in self.metric_names:
@@ -364,6 +391,34 @@ class EarlyStop:
         if self.counter >= self.patience:
             logger.info(f"early stop at epoch {engine.state.epoch}: no improvement in {self.patience} validations")
             engine.terminate()
+
+
+class TimeBudget:
+    """Attach to the trainer: end training after the iteration at which ``seconds`` of training
+    (data loading included, validation excluded) have passed; 0 or less: no limit. For comparisons
+    at a fixed wall-time budget (``benchmarks/bench_learning.py``); the epoch in progress ends
+    early and its validation and checkpoint run as usual."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = float(seconds or 0.0)
+        self.spent = 0.0
+        self._before_epoch = 0.0
+        self._epoch_start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        if self.seconds > 0:
+            engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._before_epoch, self._epoch_start = self.spent, time.perf_counter()
+
+    def __call__(self, engine: Engine) -> None:
+        self.spent = self._before_epoch + time.perf_counter() - self._epoch_start
+        if self.spent >= self.seconds:
+            logger.info(f"time budget of {self.seconds:.0f} s spent at epoch {engine.state.epoch}: stopping")
+            engine.state.max_epochs = engine.state.epoch
+            engine.terminate_epoch()
 
 
 class ProgressBar:

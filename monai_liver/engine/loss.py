@@ -12,7 +12,11 @@ ynet              DiceCE over 3 channels                      CE on the class he
 joint             DiceCE over 2 + K channels (one per type)   -- (class = pixel vote)
 ================  ==========================================  ======================
 
-``loss = seg_weight * DiceCE + cls_weight * CE``. The default ``cls_weight = 0.5`` keeps the
+``loss = seg_weight * DiceCE + cls_weight * CE``. The Dice term is a batch Dice by default
+(``dice_batch``: intersections and unions summed over the batch before the ratio, MONAI
+``DiceLoss(batch=True)``): a per-slice Dice gives every slice without a lesion of some type an
+empty target in that channel, which for the joint network (one type per slice) pushes every type
+channel towards zero and left it predicting no lesion at all after short runs. The default ``cls_weight = 0.5`` keeps the
 classification branch of the Y-Net from dominating the shared encoder early on (CE of a K-class
 head starts near log K = 1.1, DiceCE near 1.5-2); both weights are bundle config values.
 """
@@ -41,6 +45,7 @@ class MultiTaskLoss(nn.Module):
         cls_weight: weight of the CE term (ynet; cls_baseline uses 1). Slices with ``cls == -1`` are ignored;
             a batch without any typed slice contributes 0.
         lambda_dice, lambda_ce: weights inside MONAI's ``DiceCELoss``.
+        dice_batch: Dice over the whole batch (True) or per slice, averaged (False).
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class MultiTaskLoss(nn.Module):
         cls_weight: float = DEFAULT_CLS_WEIGHT,
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
+        dice_batch: bool = True,
     ) -> None:
         super().__init__()
         if strategy not in SEG_STRATEGIES and strategy not in CLS_HEAD_STRATEGIES:
@@ -61,7 +67,7 @@ class MultiTaskLoss(nn.Module):
         # cls_baseline has only the CE term: the loss is the CE itself
         self.cls_weight = float(cls_weight) if self.use_seg else 1.0
         self.dice_ce = (
-            DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+            DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce, batch=dice_batch)
             if self.use_seg
             else None
         )

@@ -12,6 +12,8 @@ Definitions (the README's "metrics" section states the same):
   vote of the lesion pixels) over slices with a known class; ``val_bacc``: balanced accuracy
   (mean per-class sensitivity over classes present), both from one ignite ``ConfusionMatrix``,
   which sums across DDP ranks.
+- ``val_liver_dice`` (lits_pretrain only): liver Dice per slice, averaged; liver = label >= 1
+  (the liver mask includes its lesions), predicted = argmax >= 1.
 - key metric (picks ``model.pt``): ``val_acc`` (cls_baseline), ``val_dice`` (lits_pretrain,
   seg_baseline), ``val_dice_acc`` = mean of ``val_dice`` and ``val_acc`` (ynet, joint: both tasks count).
 """
@@ -36,6 +38,7 @@ __all__ = [
     "class_probabilities",
     "from_lesion",
     "from_class",
+    "from_liver",
     "validation_metrics",
     "dice_score",
     "recall_score",
@@ -44,7 +47,7 @@ __all__ = [
 ]
 
 #: every validation metric name a bundle may log, in train_log.csv column order.
-METRIC_NAMES: tuple[str, ...] = ("val_dice", "val_recall", "val_acc", "val_bacc")
+METRIC_NAMES: tuple[str, ...] = ("val_dice", "val_recall", "val_acc", "val_bacc", "val_liver_dice")
 
 #: metric that selects the best checkpoint, per strategy.
 KEY_METRICS: dict[str, str] = {
@@ -75,6 +78,8 @@ def metric_names(strategy: str) -> tuple[str, ...]:
         names += ["val_dice", "val_recall"]
     if strategy in CLASS_STRATEGIES:
         names += ["val_acc", "val_bacc"]
+    if strategy == "lits_pretrain":
+        names += ["val_liver_dice"]
     return tuple(names)
 
 
@@ -122,6 +127,13 @@ def from_lesion(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return _two_channel(y_pred), _two_channel(y)
 
 
+def from_liver(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``engine.state.output`` -> (y_pred, y): one-hot liver masks (B, 2, H, W); liver = label >= 1
+    (lesions lie in the liver), predicted = argmax >= 1."""
+    pred, label = _batch_output(output)
+    return _two_channel(pred["seg"].detach().argmax(dim=1, keepdim=True) >= 1), _two_channel(label["seg"] >= 1)
+
+
 def from_class(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``engine.state.output`` -> (class scores (B, K), targets (B,) long) for ignite's
     ``ConfusionMatrix`` (which skips targets of -1, slices without a lesion type)."""
@@ -135,10 +147,10 @@ def from_class(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------- metric objects for the evaluator
 
 
-def _dice():
+def _dice(output_transform=from_lesion):
     from monai.handlers import MeanDice
 
-    return MeanDice(include_background=False, reduction="mean", output_transform=from_lesion)
+    return MeanDice(include_background=False, reduction="mean", output_transform=output_transform)
 
 
 def _recall():
@@ -188,6 +200,8 @@ def _metrics(strategy: str, n_classes: int) -> dict[str, Any]:
         cm = IgniteConfusionMatrix(num_classes=int(n_classes), output_transform=from_class)
         out["val_acc"] = _accuracy(cm)
         out["val_bacc"] = _balanced_accuracy(cm)
+    if strategy == "lits_pretrain":
+        out["val_liver_dice"] = _dice(from_liver)
     if KEY_METRICS[strategy] == "val_dice_acc":
         out["val_dice_acc"] = MetricsLambda(lambda d, a: (float(d) + float(a)) / 2.0, out["val_dice"], out["val_acc"])
     return out

@@ -1,4 +1,5 @@
-"""``PrepareBatch`` for the multi-task targets: batch dict -> ``(image, {"seg", "cls"})`` on device."""
+"""``PrepareBatch`` for the multi-task targets: batch dict -> ``(image, {"seg", "cls"})`` on device,
+with the training augmentation applied to the batch there (see :func:`augment_batch`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import torch
 from monai.engines.utils import PrepareBatch
 
-__all__ = ["PrepareBatchSegCls"]
+__all__ = ["PrepareBatchSegCls", "augment_batch"]
 
 
 def _plain(x: Any) -> torch.Tensor:
@@ -16,16 +17,45 @@ def _plain(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
+def augment_batch(
+    image: torch.Tensor, seg: torch.Tensor, flip_prob: float = 0.5, intensity: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random augmentation of a batch, per slice, on the batch's device.
+
+    ``image`` (B, 1, H, W) in [0, 1], ``seg`` (B, 1, H, W): each slice is flipped along each
+    spatial axis with probability ``flip_prob`` (image and label alike), and its intensities are
+    scaled by ``1 + U(-intensity, intensity)`` and shifted by ``U(-intensity, intensity) / 2``, then
+    clipped to [0, 1]. Written here because MONAI's random transforms draw one set of parameters per
+    call, i.e. per item, so they run per slice in the data loader: at 64 px on a CPU that cost more
+    than the network step (see ``benchmarks/bench_learning.py``). Returns new tensors.
+    """
+    n = image.shape[0]
+    for dim in range(2, image.ndim):
+        flip = (torch.rand(n, device=image.device) < flip_prob).view(n, *([1] * (image.ndim - 1)))
+        image = torch.where(flip, image.flip(dim), image)
+        seg = torch.where(flip, seg.flip(dim), seg)
+    if intensity > 0:
+        shape = (n, *([1] * (image.ndim - 1)))
+        scale = 1.0 + (torch.rand(shape, device=image.device) * 2 - 1) * intensity
+        shift = (torch.rand(shape, device=image.device) * 2 - 1) * intensity / 2
+        image = (image * scale + shift).clamp_(0.0, 1.0)
+    return image, seg
+
+
 class PrepareBatchSegCls(PrepareBatch):
     """Split a collated batch into the network input and the targets dict.
 
     Returns ``image (B, 1, H, W) float`` and ``{"seg": (B, 1, H, W) long, "cls": (B,) long}`` (``cls``
     -1 where the slice has no lesion type, ``seg`` all zeros when the batch has none), all on
-    ``device``. The engines keep ``engine.state.output["label"]`` as this dict.
+    ``device``. The engines keep ``engine.state.output["label"]`` as this dict. ``augment=True``
+    (the trainer's) applies :func:`augment_batch` on the device.
     """
 
-    def __init__(self, image_key: str = "image", seg_key: str = "seg", cls_key: str = "cls") -> None:
+    def __init__(
+        self, image_key: str = "image", seg_key: str = "seg", cls_key: str = "cls", augment: bool = False
+    ) -> None:
         self.image_key, self.seg_key, self.cls_key = image_key, seg_key, cls_key
+        self.augment = bool(augment)
 
     def __call__(
         self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
@@ -37,4 +67,7 @@ class PrepareBatchSegCls(PrepareBatch):
         cls = batchdata.get(self.cls_key)
         cls = _plain(cls).long().reshape(n) if cls is not None else torch.full((n,), -1, dtype=torch.long)
         to = dict(device=device, non_blocking=non_blocking, **kwargs)
-        return image.to(**to), {"seg": seg.to(**to), "cls": cls.to(**to)}
+        image, seg = image.to(**to), seg.to(**to)
+        if self.augment:
+            image, seg = augment_batch(image, seg)
+        return image, {"seg": seg, "cls": cls.to(**to)}

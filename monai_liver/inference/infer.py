@@ -87,6 +87,12 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+def _checkpoint_settings(model: Path) -> dict:
+    from monai_liver.engine.handlers import checkpoint_settings
+
+    return checkpoint_settings(model)
+
+
 def load_bundle_model(
     bundle: str | Path,
     model: str | Path | None = None,
@@ -120,15 +126,24 @@ def load_bundle_model(
         raise LiverError(f"{bundle}: infer needs a bundle that segments ({', '.join(SEGMENTING)}); '{strategy}' only classifies slices")
     if class_names:
         parser["class_names"] = list(class_names)
-    names = tuple(parser.get_parsed_content("class_names")) if "class_names" in parser else tuple(DEFAULT_CLASSES)
-    if image_size is None:
-        image_size = int(parser.get_parsed_content("image_size")) if "image_size" in parser else 128
-    if int(image_size) < 32 or int(image_size) % 32:
-        raise LiverError(f"image size {image_size}: must be a multiple of 32 (the encoder downsamples 5 times)")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = Path(model) if model else bundle / "models" / "model.pt"
     if not model.is_file():
         raise LiverError(f"{model}: no trained model found (train the bundle, or pass --model <model.pt>)")
+    # what the checkpoint says it was trained with wins over the bundle's defaults; a contradicting flag is an error
+    settings = {} if _is_torchscript(model) else _checkpoint_settings(model)
+    if settings.get("backbone"):
+        parser["backbone"] = settings["backbone"]
+    if settings.get("class_names") and not class_names:
+        parser["class_names"] = list(settings["class_names"])
+    trained = settings.get("image_size")
+    if image_size is not None and trained and int(image_size) != int(trained):
+        raise LiverError(f"{model}: trained at image size {trained}, not {image_size}; leave the size out to use the model's")
+    names = tuple(parser.get_parsed_content("class_names")) if "class_names" in parser else tuple(DEFAULT_CLASSES)
+    if image_size is None:
+        image_size = trained or (int(parser.get_parsed_content("image_size")) if "image_size" in parser else 128)
+    if int(image_size) < 32 or int(image_size) % 32:
+        raise LiverError(f"image size {image_size}: must be a multiple of 32 (the encoder downsamples 5 times)")
     if _is_torchscript(model):
         try:
             module = torch.jit.load(str(model), map_location=dev).eval()

@@ -109,6 +109,15 @@ class JointInferTask(BasicInferTask):
         parser = ConfigParser()
         parser.read_config(str(self.bundle / "configs" / "inference.json"))
         parser["bundle_root"] = str(self.bundle)
+        model_path = self.bundle / "models" / "model.pt"
+        settings = {}
+        if model_path.is_file():
+            from monai_liver.engine.handlers import checkpoint_settings
+
+            settings = checkpoint_settings(model_path)  # the size and backbone it was trained with
+        for key in ("backbone", "image_size"):
+            if settings.get(key):
+                parser[key] = settings[key]
         if conf.get("image_size"):
             parser["image_size"] = int(conf["image_size"])
         self.image_size = int(parser.get_parsed_content("image_size"))

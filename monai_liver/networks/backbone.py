@@ -1,7 +1,17 @@
 """The one encoder/decoder family every strategy network is built from.
 
-MONAI's :class:`~monai.networks.nets.FlexibleUNet` (EfficientNet or ResNet encoder, U-Net decoder)
-is used as is, with two changes made here once for all strategies:
+Two kinds of backbone, one interface (``encoder``: image -> 5 feature maps, shallow to deep;
+``decoder`` + ``segmentation_head``: feature maps -> logits):
+
+- MONAI's :class:`~monai.networks.nets.FlexibleUNet` backbones (EfficientNet, ResNet: the
+  encoders MONAI has ImageNet weights for; ``--full`` default ``efficientnet-b0``);
+- ``basicunet``: MONAI's :class:`~monai.networks.nets.BasicUNet` (features 16..256, instance
+  norm, about 2 M parameters), split into its contracting and expanding paths. It learns several
+  times more per CPU-second than EfficientNet-B0 on small batches (no BatchNorm statistics to
+  settle, no depthwise convolutions; see ``benchmarks/bench_learning.py``): the quick preset's
+  backbone. No ImageNet weights exist for it.
+
+The FlexibleUNet backbones are used as MONAI builds them, with two changes made here once:
 
 - ``pretrained`` is always ``False``: weights come from :mod:`monai_liver.networks.init`, which
   adapts the RGB stem to one CT channel (MONAI's own loader copies only shape-matching tensors
@@ -22,7 +32,7 @@ from typing import Optional
 
 import torch
 from monai.networks.layers.factories import Pool
-from monai.networks.nets import FlexibleUNet
+from monai.networks.nets import BasicUNet, FlexibleUNet
 from monai.networks.nets.efficientnet import EfficientNetBNFeatures
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
@@ -46,20 +56,59 @@ DEFAULT_BACKBONE = "efficientnet-b0"
 DEFAULT_DECODER_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 16)
 #: EfficientNet modules that only the ImageNet classifier uses.
 EFFICIENTNET_HEAD: tuple[str, ...] = ("_conv_head", "_conv_head_padding", "_bn1", "_avg_pooling", "_dropout", "_fc")
-#: backbones FlexibleUNet knows (efficientnet-b0..b8, efficientnet-l2, resnet10..resnet200).
-BACKBONES: tuple[str, ...] = tuple(FLEXUNET_BACKBONE.register_dict)
+#: MONAI's BasicUNet as a backbone name, and its features (5 encoder levels + the last decoder level).
+BASIC_UNET = "basicunet"
+BASIC_UNET_FEATURES: tuple[int, ...] = (16, 32, 64, 128, 256, 16)
+#: backbones: FlexibleUNet's (efficientnet-b0..b8, efficientnet-l2, resnet10..resnet200) and basicunet.
+BACKBONES: tuple[str, ...] = (*FLEXUNET_BACKBONE.register_dict, BASIC_UNET)
 
 
 def check_backbone(backbone: str) -> str:
-    """Return ``backbone`` if FlexibleUNet has it, else raise LiverError listing the choices."""
-    if backbone not in FLEXUNET_BACKBONE.register_dict:
+    """Return ``backbone`` if it is one of :data:`BACKBONES`, else raise LiverError listing the choices."""
+    if backbone not in BACKBONES:
         raise LiverError(f"backbone '{backbone}' is not available; choose one of {', '.join(BACKBONES)}")
     return backbone
 
 
 def encoder_channels(backbone: str) -> tuple[int, ...]:
-    """Channels of the encoder's 5 feature maps, shallow to deep (B0: 16, 24, 40, 112, 320)."""
-    return tuple(FLEXUNET_BACKBONE.register_dict[check_backbone(backbone)]["feature_channel"])
+    """Channels of the encoder's 5 feature maps, shallow to deep (B0: 16, 24, 40, 112, 320;
+    basicunet: 16, 32, 64, 128, 256)."""
+    if check_backbone(backbone) == BASIC_UNET:
+        return BASIC_UNET_FEATURES[:5]
+    return tuple(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"])
+
+
+class BasicUNetEncoder(nn.Module):
+    """BasicUNet's contracting path: ``(B, C, *S) -> [x0 (S), x1 (S/2), x2 (S/4), x3 (S/8), x4 (S/16)]``."""
+
+    def __init__(self, unet: BasicUNet) -> None:
+        super().__init__()
+        self.conv_0, self.down_1, self.down_2, self.down_3, self.down_4 = (
+            unet.conv_0, unet.down_1, unet.down_2, unet.down_3, unet.down_4)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x0 = self.conv_0(x)
+        x1 = self.down_1(x0)
+        x2 = self.down_2(x1)
+        x3 = self.down_3(x2)
+        return [x0, x1, x2, x3, self.down_4(x3)]
+
+
+class BasicUNetDecoder(nn.Module):
+    """BasicUNet's expanding path: the encoder's 5 feature maps -> ``(B, features[5], *S)``."""
+
+    def __init__(self, unet: BasicUNet) -> None:
+        super().__init__()
+        self.upcat_4, self.upcat_3, self.upcat_2, self.upcat_1 = unet.upcat_4, unet.upcat_3, unet.upcat_2, unet.upcat_1
+
+    def forward(self, features: list[torch.Tensor], skip_connect: int = 4) -> torch.Tensor:
+        x0, x1, x2, x3, x4 = features
+        return self.upcat_1(self.upcat_2(self.upcat_3(self.upcat_4(x4, x3), x2), x1), x0)
+
+
+def _basic_unet(spatial_dims: int, in_channels: int, out_channels: int) -> BasicUNet:
+    return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=max(1, out_channels),
+                     features=BASIC_UNET_FEATURES)
 
 
 def strip_encoder_head(encoder: nn.Module) -> nn.Module:
@@ -72,18 +121,23 @@ def strip_encoder_head(encoder: nn.Module) -> nn.Module:
 
 
 def build_encoder(backbone: str = DEFAULT_BACKBONE, spatial_dims: int = 2, in_channels: int = 1) -> nn.Module:
-    """The encoder FlexibleUNet would build, on its own: ``(B, in_channels, *S) -> list`` of 5
-    feature maps, each half the spatial size of the previous one (the first is S / 2)."""
-    entry = FLEXUNET_BACKBONE.register_dict[check_backbone(backbone)]
+    """The encoder of ``backbone``'s U-Net, on its own: ``(B, in_channels, *S) -> list`` of 5
+    feature maps, each half the spatial size of the previous one (the first is S / 2 for
+    FlexibleUNet backbones, S for basicunet)."""
+    if check_backbone(backbone) == BASIC_UNET:
+        return BasicUNetEncoder(_basic_unet(spatial_dims, in_channels, 1))
+    entry = FLEXUNET_BACKBONE.register_dict[backbone]
     params = dict(entry["parameter"])  # a copy: FlexibleUNet mutates the registry's dict
     params.update({"spatial_dims": spatial_dims, "in_channels": in_channels, "pretrained": False})
     return strip_encoder_head(entry["type"](**params))
 
 
-class LiverUNet(FlexibleUNet):
-    """FlexibleUNet without ImageNet loading and without the unused encoder head.
+class LiverUNet(nn.Module):
+    """A U-Net of the family: FlexibleUNet (without ImageNet loading and without the unused encoder
+    head) or BasicUNet, under FlexibleUNet's parameter names (``encoder.*``, ``decoder.*``,
+    ``segmentation_head.*``).
 
-    ``forward(x: (B, in_channels, H, W)) -> (B, out_channels, H, W)`` logits, as FlexibleUNet.
+    ``forward(x: (B, in_channels, H, W)) -> (B, out_channels, H, W)`` logits.
     :meth:`features` and :meth:`decode` expose the two halves so that subclasses can reach the
     deepest encoder features without hooks.
     """
@@ -96,16 +150,29 @@ class LiverUNet(FlexibleUNet):
         in_channels: int = 1,
         decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
     ) -> None:
+        super().__init__()
         check_backbone(backbone)
-        super().__init__(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            backbone=backbone,
-            pretrained=False,
-            decoder_channels=tuple(decoder_channels),
-            spatial_dims=spatial_dims,
-        )
-        strip_encoder_head(self.encoder)
+        if backbone == BASIC_UNET:
+            unet = _basic_unet(spatial_dims, in_channels, out_channels)
+            self.encoder: nn.Module = BasicUNetEncoder(unet)
+            self.decoder: nn.Module = BasicUNetDecoder(unet)
+            self.segmentation_head: nn.Module = unet.final_conv
+            self.skip_connect = 4
+        else:
+            flex = FlexibleUNet(
+                in_channels=in_channels,
+                out_channels=out_channels,
+                backbone=backbone,
+                pretrained=False,
+                decoder_channels=tuple(decoder_channels),
+                spatial_dims=spatial_dims,
+            )
+            self.encoder = strip_encoder_head(flex.encoder)
+            self.decoder = flex.decoder
+            self.segmentation_head = flex.segmentation_head
+            self.skip_connect = flex.skip_connect
+        self.backbone = backbone
+        self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.feature_channels: tuple[int, ...] = encoder_channels(backbone)
@@ -117,6 +184,9 @@ class LiverUNet(FlexibleUNet):
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Decoder + segmentation head: features -> ``(B, out_channels, *S)`` logits."""
         return self.segmentation_head(self.decoder(features, self.skip_connect))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.features(inputs))
 
 
 def build_unet(
@@ -130,11 +200,18 @@ def build_unet(
     return LiverUNet(out_channels, backbone, spatial_dims, in_channels, decoder_channels)
 
 
+#: global pooling of a classification head: ``avg``, ``max`` or ``avgmax`` (both, concatenated).
+POOLINGS: tuple[str, ...] = ("avg", "max", "avgmax")
+DEFAULT_POOLING = "avgmax"
+
+
 class ClassificationHead(nn.Module):
-    """Global average pooling, optional hidden layer, dropout, linear: ``(B, C, *S) -> (B, n_classes)``.
+    """Global pooling, optional hidden layer, dropout, linear: ``(B, C, *S) -> (B, n_classes)``.
 
     ``hidden=None`` gives pool + dropout + linear (the classification baseline); an integer gives
-    pool + linear + ReLU + dropout + linear (the Y-Net branch).
+    pool + linear + ReLU + dropout + linear (the Y-Net branch). ``pool="avgmax"`` concatenates
+    global average and global max pooling (2C features): a lesion fills a small part of a liver-ROI
+    slice, and average pooling alone dilutes its features with the liver around it.
     """
 
     def __init__(
@@ -144,16 +221,21 @@ class ClassificationHead(nn.Module):
         hidden: Optional[int] = None,
         dropout: float = 0.2,
         spatial_dims: int = 2,
+        pool: str = DEFAULT_POOLING,
     ) -> None:
         super().__init__()
-        self.pool = Pool["adaptiveavg", spatial_dims](1)
+        if pool not in POOLINGS:
+            raise LiverError(f"pooling '{pool}' is not known; choose one of {', '.join(POOLINGS)}")
+        self.pool_avg = Pool["adaptiveavg", spatial_dims](1) if pool in ("avg", "avgmax") else None
+        self.pool_max = Pool["adaptivemax", spatial_dims](1) if pool in ("max", "avgmax") else None
+        width = in_channels * (2 if pool == "avgmax" else 1)
         layers: list[nn.Module] = []
-        width = in_channels
         if hidden:
-            layers += [nn.Linear(in_channels, hidden), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden
         layers += [nn.Dropout(dropout), nn.Linear(width, n_classes)]
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.flatten(self.pool(x), 1))
+        pooled = [torch.flatten(p(x), 1) for p in (self.pool_avg, self.pool_max) if p is not None]
+        return self.mlp(pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1))

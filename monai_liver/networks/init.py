@@ -35,7 +35,7 @@ from torch import nn
 from monai_liver.constants import INITS
 from monai_liver.errors import LiverError
 
-__all__ = ["imagenet_file_name", "imagenet_cache_path", "initialise", "initialised", "load_state_dict_file"]
+__all__ = ["has_imagenet_weights", "imagenet_file_name", "imagenet_cache_path", "initialise", "initialised", "load_state_dict_file"]
 
 PathLike = Union[str, Path]
 _LOG = logging.getLogger(__name__)
@@ -107,6 +107,13 @@ def _imagenet_url(net: nn.Module) -> tuple[str, str]:
     if not isinstance(encoder._conv_stem, nn.Conv2d):
         raise LiverError(f"backbone '{backbone}': ImageNet weights are 2D; build the network with spatial_dims=2")
     return backbone, url_map[backbone]
+
+
+def has_imagenet_weights(backbone: str) -> bool:
+    """Whether MONAI has ImageNet weights for ``backbone`` (the EfficientNets; not basicunet or ResNet)."""
+    from monai.networks.nets.efficientnet import url_map
+
+    return backbone in url_map
 
 
 def imagenet_file_name(backbone: str = "efficientnet-b0") -> str:
