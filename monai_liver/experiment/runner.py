@@ -51,8 +51,8 @@ __all__ = ["PRESETS", "ExperimentResult", "bundles_dir", "run_experiment", "add_
 #: much per second as EfficientNet-B0 (benchmarks/bench_learning.py, README); batch 8 at lr 5e-3 with a
 #: cosine schedule learnt more per second than batch 16 at 2e-3 in the same benchmark.
 PRESETS: dict[str, dict] = {
-    "quick": {"folds": 2, "epochs": 16, "lits_epochs": 20, "image_size": 64, "batch_size": 8, "max_slices": 0,
-              "learning_rate": 0.005, "val_interval": 4, "backbone": "basicunet",
+    "quick": {"folds": 2, "epochs": 10, "lits_epochs": 8, "image_size": 64, "batch_size": 8, "max_slices": 0,
+              "learning_rate": 0.005, "val_interval": 5, "backbone": "basicunet",
               "num_workers": 0, "lits_volumes": 6, "lits_shape": (160, 160, 48), "isolation": "inprocess"},
     "full": {"folds": 5, "epochs": 100, "lits_epochs": 50, "image_size": 256, "batch_size": 16, "max_slices": 0,
              "learning_rate": 0.001, "backbone": "efficientnet-b0",
