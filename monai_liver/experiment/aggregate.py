@@ -397,9 +397,34 @@ def short_status(status: str) -> str:
     return status
 
 
-def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int = N_BOOT) -> str:
+def pretrain_figures(out_dir: str | Path) -> dict:
+    """``<out>/pretrain/lits_pretrain/metrics.json`` (the LiTS pretraining's held-out figures,
+    written by the runner), or ``{}``."""
+    p = Path(out_dir) / "pretrain" / "lits_pretrain" / "metrics.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def settings_line(experiment: dict, pretrain: dict | None = None) -> str:
+    """One sentence with the training settings every row shares (backbone, size, epochs, batch,
+    learning rate) and the LiTS pretraining's own held-out figures; ``""`` without an experiment.json."""
+    if not experiment:
+        return ""
+    keys = (("backbone", "backbone {}"), ("image_size", "{} px"), ("epochs", "{} epochs"),
+            ("batch_size", "batch {}"), ("learning_rate", "lr {}"))
+    parts = [fmt.format(experiment[k]) for k, fmt in keys if experiment.get(k) not in (None, "")]
+    text = "All rows: " + ", ".join(parts) + "." if parts else ""
+    if pretrain and pretrain.get("val_dice") is not None:
+        text += (f" LiTS pretraining ({experiment.get('lits_epochs', '?')} epochs), held-out LiTS fold 0: "
+                 f"liver Dice {pretrain.get('val_liver_dice', float('nan')):.2f}, lesion Dice {pretrain['val_dice']:.2f}.")
+    return text.strip()
+
+
+def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int = N_BOOT, settings: str = "") -> str:
     """The table laid out like the paper's: ours (Acc, Dice, Recall with 95% intervals), the paper's
-    numbers beside, then n, status and a footnote with the definitions."""
+    numbers beside, then n, status, the shared settings and a footnote with the definitions."""
     head = ("| Strategy | Init | Acc | Dice | Recall | Paper Acc | Paper Dice | Paper Recall | n (slices / patients) | Status |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [head]
@@ -412,7 +437,8 @@ def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int 
             + " | ".join(ours + paper) + f" | {n} | {short_status(r['status'])} |"
         )
     title = "# Results" + (" (phantoms)" if phantoms else "")
-    return f"{title}\n\n" + "\n".join(lines) + "\n\n" + footnote(phantoms, n_boot) + "\n"
+    settings = f"{settings}\n\n" if settings else ""
+    return f"{title}\n\n" + "\n".join(lines) + "\n\n" + settings + footnote(phantoms, n_boot) + "\n"
 
 
 def _not_run(out_dir: Path) -> dict[tuple[str, str], str]:
@@ -456,5 +482,6 @@ def aggregate(out_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> di
     paths = {"per_slice": out_dir / "per_slice.csv", "results": out_dir / "results.csv", "markdown": out_dir / "results.md"}
     _atomic_write(paths["per_slice"], per_slice.to_csv(index=False))
     _atomic_write(paths["results"], results.to_csv(index=False, float_format="%.4f"))
-    _atomic_write(paths["markdown"], results_markdown(results, phantoms=phantoms, n_boot=n_boot))
+    settings = settings_line(exp, pretrain_figures(out_dir))
+    _atomic_write(paths["markdown"], results_markdown(results, phantoms=phantoms, n_boot=n_boot, settings=settings))
     return paths

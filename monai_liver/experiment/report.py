@@ -186,6 +186,53 @@ def plot_curves(out_dir: Path, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_transfer(out_dir: Path, path: Path) -> Path | None:
+    """The classic transfer-learning figure: held-out validation Dice and accuracy per epoch, mean
+    over folds, one line per initialisation, one panel per strategy. None without logs."""
+    import numpy as np
+    import pandas as pd
+
+    from monai_liver.experiment.aggregate import find_runs
+    from monai_liver.experiment.paper import INIT_TITLES, STRATEGY_TITLES
+
+    frames = []
+    for r in find_runs(out_dir):
+        p = r.path / "train_log.csv"
+        try:
+            df = pd.read_csv(p) if p.is_file() else None
+        except (ValueError, pd.errors.ParserError, OSError):
+            df = None
+        if df is not None and len(df) and "epoch" in df:
+            frames.append(df.assign(strategy=r.strategy, init=r.init))
+    if not frames:
+        return None
+    logs = pd.concat(frames, ignore_index=True)
+    metrics = [m for m in ("val_dice", "val_acc") if m in logs and pd.to_numeric(logs[m], errors="coerce").notna().any()]
+    if not metrics:
+        return None
+    strategies = list(dict.fromkeys(logs["strategy"]))
+    fig = _figure(3.6 * len(strategies), 3.4)
+    axes = np.array(fig.subplots(1, len(strategies), squeeze=False))[0]
+    for ax, s in zip(axes, strategies):
+        part = logs[logs["strategy"] == s]
+        for init, runs in part.groupby("init", sort=False):
+            for m, ls in (("val_dice", "-"), ("val_acc", "--")):
+                if m not in runs:
+                    continue
+                curve = pd.to_numeric(runs[m], errors="coerce").groupby(runs["epoch"]).mean().dropna()
+                if len(curve):
+                    ax.plot(curve.index, curve.values, ls, marker=".", color=INIT_COLOURS.get(init),
+                            label=f"{INIT_TITLES.get(init, init)} {m[4:]}")
+        ax.set_title(STRATEGY_TITLES.get(s, s), fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("held-out validation")
+    return _save(fig, path)
+
+
 def pick_examples(df, n_worst: int = 6, n_other: int = 6, seed: int = 0):
     """Indices (into ``df``) of the worst held-out slices (misclassified first, then lowest Dice) and
     of ``n_other`` others drawn at random; with a ``kind`` column ("worst" / "random")."""
@@ -323,6 +370,9 @@ def build_report(out_dir: str | Path, n_boot: int | None = None) -> Path:
                  "Bars: mean over held-out folds; error bars: 95% bootstrap interval over patients; black ticks: the paper's numbers."))
     figs.append(("Confusion matrices", plot_confusions(results, classes, fig_dir / "confusion.png"),
                  "Held-out slices pooled over folds; rows: true class, columns: predicted class (none: no class predicted)."))
+    figs.append(("Transfer: scratch against LiTS", plot_transfer(out_dir, fig_dir / "transfer.png"),
+                 "Validation Dice (solid) and accuracy (dashed) on the held-out fold per epoch, mean over folds; "
+                 "one colour per initialisation."))
     figs.append(("Learning curves", plot_curves(out_dir, fig_dir / "curves.png"),
                  "Training loss and validation metrics on the held-out fold, per epoch; one line per init and fold."))
     for s in dict.fromkeys(results["strategy"]):
@@ -338,6 +388,9 @@ def build_report(out_dir: str | Path, n_boot: int | None = None) -> Path:
     if exp:
         desc = ", ".join(f"{k}: {html.escape(str(exp[k]))}" for k in ("folds", "epochs", "image_size", "max_slices", "device", "preset") if k in exp)
         body.append(f'<p class="note">Experiment: {desc}</p>')
+        settings = agg.settings_line(exp, agg.pretrain_figures(out_dir))
+        if settings:
+            body.append(f'<p class="note">{html.escape(settings)}</p>')
     body.append(_table_html(results, phantoms))
     foot = agg.footnote(False, n_boot or agg.N_BOOT).splitlines()
     body.append('<ol class="note">' + "".join(f"<li>{html.escape(t.split('. ', 1)[1])}</li>" for t in foot) + "</ol>")
