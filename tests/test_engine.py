@@ -462,3 +462,19 @@ def test_excepthook_prints_liver_error_as_last_line() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert other.returncode != 0 and "Traceback" in other.stderr and other.stderr.strip().endswith("ValueError: boom")
+
+
+def test_augment_batch_flips_image_and_label_together():
+    from monai_liver.engine.prepare_batch import PrepareBatchSegCls, augment_batch
+
+    torch.manual_seed(0)
+    image = torch.rand(64, 1, 8, 8)
+    seg = (image > 0.5).long()  # a label that is a function of the image
+    out_img, out_seg = augment_batch(image, seg, flip_prob=0.5, intensity=0.0)
+    assert torch.equal(out_seg, (out_img > 0.5).long())  # every flip hit both
+    assert not torch.equal(out_img, image)  # some slices were flipped
+    out_img, _ = augment_batch(image, seg, intensity=0.3)
+    assert out_img.min() >= 0 and out_img.max() <= 1
+    batch = {"image": image, "seg": seg, "cls": torch.zeros(64, dtype=torch.long)}
+    x, y = PrepareBatchSegCls()(batch)
+    assert torch.equal(x, image) and torch.equal(y["seg"], seg)  # evaluation: no augmentation

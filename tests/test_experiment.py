@@ -97,7 +97,7 @@ def test_experiment_kill_resume(data, tmp_path):
     events = [ln.split()[2:] for ln in (out / "runs.log").read_text().splitlines()]
     done = Counter(tuple(e[1:]) for e in events if e[0] == "done")
     assert len(done) == len(final) + 1 and set(done.values()) == {1}
-    assert done[("lits_pretrain", "scratch", "fold-1")] == 1
+    assert done[("lits_pretrain", "scratch", "fold0")] == 1
 
     # the table: 12 rows, 8 done on every held-out slice, ImageNet not run with the reason
     table = pd.read_csv(out / "results.csv")
@@ -106,7 +106,7 @@ def test_experiment_kill_resume(data, tmp_path):
     assert (ran.status == "done").all() and (ran.n_slices == 16).all() and (ran.n_patients == 8).all()
     assert ran[ran.strategy != "seg_baseline"].acc.notna().all()
     assert ran[ran.strategy != "cls_baseline"].dice.notna().all()
-    assert table[table.init == "imagenet"].status.str.startswith("not run: ImageNet weights unavailable").all()
+    assert table[table.init == "imagenet"].status.str.contains("not run: .*ImageNet weights", regex=True).all()
     assert len(pd.read_csv(out / "per_slice.csv")) == 8 * 16
     md = (out / "results.md").read_text()
     assert "Numbers from phantoms" in md and "(phantoms)" in res.stdout

@@ -179,3 +179,19 @@ def test_bad_inputs(models, tmp_path, capsys):
         inf.load_bundle_model(bundles_dir() / "cls_baseline", other)
     with pytest.raises(LiverError, match="--dicom-seg needs a DICOM input"):
         inf.infer(REAL / "totalseg_ct" / "ct.nii.gz", tmp_path / "o", dicom_seg=True, loaded=models["cyst"])
+
+
+def test_checkpoint_settings_choose_backbone_and_size(tmp_path):
+    """A model.pt that records its settings is rebuilt with its backbone and size; a contradicting
+    --image-size is one error, not a silent resize."""
+    from monai_liver.networks.factory import build_network
+
+    net = build_network("joint", backbone="basicunet")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "settings": {"strategy": "joint", "backbone": "basicunet", "image_size": 64,
+                                                        "class_names": ["cyst", "hemangioma", "metastasis"]}}, ckpt)
+    joint = str(Path(__file__).resolve().parents[1] / "bundles" / "joint")
+    loaded = inf.load_bundle_model(joint, ckpt, "cpu")
+    assert loaded.image_size == 64 and type(loaded.net.encoder).__name__ == "BasicUNetEncoder"
+    with pytest.raises(LiverError, match="trained at image size 64, not 128"):
+        inf.load_bundle_model(joint, ckpt, "cpu", image_size=128)

@@ -70,3 +70,15 @@ def test_strategy_learns(strategy: str, small_set: Path, tmp_path: Path) -> None
     for name, floor in FLOORS[strategy].items():
         floor = majority + 0.1 if floor is None else floor
         assert got[name] >= floor, f"{strategy} stopped learning: {name} {got[name]:.3f} < {floor} ({json.dumps(got)})"
+
+
+def test_bench_learning_runs_both_ways(small_set: Path) -> None:
+    """``benchmarks/bench_learning.py`` with a 4-second budget: the bare loop and the bundle (which
+    the time budget stops) are trained and scored, and the ratio line is printed."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_learning.py"), "--datalist", str(small_set),
+           "--budget", "4", "--fold", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert any(ln.startswith("bare ") for ln in lines) and any(ln.startswith("bundle ") for ln in lines)
+    assert any(ln.startswith("bundle - bare: dice") and "throughput bundle/bare" in ln for ln in lines)

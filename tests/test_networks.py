@@ -201,3 +201,48 @@ def test_no_unused_parameters_in_training():
     missing = [n for n, p in net.named_parameters() if p.grad is None]
     assert missing == []
     assert math.isfinite(float(out["seg"].mean()))
+
+
+@pytest.mark.parametrize("strategy", ["lits_pretrain", "cls_baseline", "seg_baseline", "ynet", "joint"])
+def test_basicunet_backbone_in_every_strategy(strategy):
+    """MONAI's BasicUNet as a backbone of the one family: same output contract, FlexibleUNet's
+    parameter names, and the LiTS mapping onto every strategy."""
+    from monai.networks.nets import BasicUNet
+
+    from monai_liver.networks.backbone import BASIC_UNET_FEATURES
+    from monai_liver.networks.factory import build_network, seg_channels
+    from monai_liver.networks.init import initialise
+
+    net = build_network(strategy, n_classes=3, backbone="basicunet").eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 64, 64))
+    c = seg_channels(strategy, 3)
+    assert (out["seg"] is None) == (c == 0) and (c == 0 or out["seg"].shape == (2, c, 64, 64))
+    assert (out["cls"] is None) == (strategy in ("lits_pretrain", "seg_baseline"))
+    keys = net.state_dict().keys()
+    assert all(k.split(".")[0] in ("encoder", "decoder", "segmentation_head", "cls_head") for k in keys)
+    if c:  # the U-Nets hold exactly MONAI's BasicUNet (no parameter added or lost)
+        n_ref = sum(p.numel() for p in BasicUNet(2, 1, c, features=BASIC_UNET_FEATURES).parameters())
+        n_unet = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("cls_head"))
+        assert n_unet == n_ref
+    lits = build_network("lits_pretrain", backbone="basicunet")
+    counts = initialise(net, "lits", lits_checkpoint=_save(lits))
+    assert counts["loaded"] >= sum(1 for k in keys if k.startswith("encoder.") and not k.endswith("num_batches_tracked"))
+
+
+def _save(net):
+    import tempfile
+
+    path = tempfile.NamedTemporaryFile(suffix=".pt", delete=False).name
+    torch.save({"model": net.state_dict()}, path)
+    return path
+
+
+def test_imagenet_init_refused_for_basicunet():
+    from monai_liver.errors import LiverError
+    from monai_liver.networks.factory import build_network
+    from monai_liver.networks.init import has_imagenet_weights, initialise
+
+    assert has_imagenet_weights("efficientnet-b0") and not has_imagenet_weights("basicunet")
+    with pytest.raises(LiverError, match="no ImageNet weights exist for it"):
+        initialise(build_network("joint", backbone="basicunet"), "imagenet", download=False)

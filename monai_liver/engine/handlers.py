@@ -42,6 +42,7 @@ __all__ = [
     "EpochLogger",
     "EarlyStop",
     "TimeBudget",
+    "FinalValidation",
     "ProgressBar",
     "rank_handlers",
 ]
@@ -391,6 +392,24 @@ class EarlyStop:
         if self.counter >= self.patience:
             logger.info(f"early stop at epoch {engine.state.epoch}: no improvement in {self.patience} validations")
             engine.terminate()
+
+
+class FinalValidation:
+    """Attach to the trainer: run ``validator`` after the last epoch when ``interval`` left it out
+    (e.g. 10 epochs validated every 4: at 4, 8 and, through this handler, 10), so that the last
+    weights are always validated and ``model.pt`` always exists, also when :class:`TimeBudget`
+    ends training early. MONAI's ``ValidationHandler`` validates only every ``interval`` epochs."""
+
+    def __init__(self, validator: Engine, interval: int = 1) -> None:
+        self.validator = validator
+        self.interval = max(1, int(interval))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch >= engine.state.max_epochs and engine.state.epoch % self.interval:
+            self.validator.run(engine.state.epoch)
 
 
 class TimeBudget:

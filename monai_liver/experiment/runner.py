@@ -659,26 +659,26 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
             log(f"== lits_pretrain: done before ({pre}), not run again")
         else:
             with _stage("lits_pretrain", times, log):
-                _log_line(out, f"start {PRETRAIN_STRATEGY} scratch fold-1")
+                _log_line(out, f"start {PRETRAIN_STRATEGY} scratch fold0")
                 # fold 0 of the LiTS datalist held out: its liver and lesion Dice are the pretraining's own
                 # held-out figures (pretrain/lits_pretrain/metrics.json, the report)
                 o = overrides(bundle, pre, lits_list, 0, "scratch",
                               {"epochs": int(opts["lits_epochs"]), "max_val_slices": 0})
-                _run_bundle(bundle, ["train.json"], {**o, **tracking_overrides(PRETRAIN_STRATEGY, "scratch", -1)},
+                _run_bundle(bundle, ["train.json"], {**o, **tracking_overrides(PRETRAIN_STRATEGY, "scratch", 0)},
                             pre / "train.log", env, opts["isolation"])
                 if not Path(lits_ckpt).is_file():
                     raise LiverError(f"{pre}: lits_pretrain finished without writing model.pt (see {pre / 'train.log'})")
                 if tracker:
                     from monai_liver.engine.tracking import run_name
 
-                    tracker.attach_child(run_name(PRETRAIN_STRATEGY, "scratch", -1), None, {"stage": "pretrain"})
+                    tracker.attach_child(run_name(PRETRAIN_STRATEGY, "scratch", 0), None, {"stage": "pretrain"})
                 held_out = pretrain_metrics(pre)
                 _atomic_write(pre / "metrics.json", json.dumps(held_out, indent=2) + "\n")
                 log(f"   lits_pretrain held-out LiTS fold 0 ({held_out.get('epoch')} epochs, best): "
                     f"liver Dice {held_out.get('val_liver_dice', float('nan')):.3f}, "
                     f"lesion Dice {held_out.get('val_dice', float('nan')):.3f}")
                 _atomic_write(pre / "DONE", json.dumps({"finished": time.time()}) + "\n")
-                _log_line(out, f"done {PRETRAIN_STRATEGY} scratch fold-1")
+                _log_line(out, f"done {PRETRAIN_STRATEGY} scratch fold0")
 
     n_folds = int(opts["folds"])
     todo = [(s, i, k) for s in opts["strategies"] for i in opts["inits"] if i not in not_run for k in range(n_folds)]
