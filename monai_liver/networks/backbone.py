@@ -202,16 +202,17 @@ def build_unet(
 
 #: global pooling of a classification head: ``avg``, ``max`` or ``avgmax`` (both, concatenated).
 POOLINGS: tuple[str, ...] = ("avg", "max", "avgmax")
-DEFAULT_POOLING = "avgmax"
+DEFAULT_POOLING = "avg"
 
 
 class ClassificationHead(nn.Module):
     """Global pooling, optional hidden layer, dropout, linear: ``(B, C, *S) -> (B, n_classes)``.
 
     ``hidden=None`` gives pool + dropout + linear (the classification baseline); an integer gives
-    pool + linear + ReLU + dropout + linear (the Y-Net branch). ``pool="avgmax"`` concatenates
-    global average and global max pooling (2C features): a lesion fills a small part of a liver-ROI
-    slice, and average pooling alone dilutes its features with the liver around it.
+    pool + linear + ReLU + dropout + linear (the Y-Net branch). ``pool="max"`` or ``"avgmax"``
+    (average and max concatenated, 2C features) keep a small lesion's strongest response, which
+    average pooling dilutes with the liver around it; on the quick demo's phantoms neither moved the
+    held-out accuracy off the majority class in a 30 s budget (README), so ``avg`` stays the default.
     """
 
     def __init__(
