@@ -8,7 +8,7 @@ caching not counted), then are scored by the same code on the held-out fold:
   (``max_seconds`` = budget, ``epochs`` = the epochs the bare loop fitted in the budget, so that
   both cosine schedules end together; its last weights, ``checkpoint_last.pt``, are scored);
 - bare: the slices cut once by the bundles' evaluation chain (window, liver-ROI crop, resize) into
-  one tensor, then a plain loop: AdamW, random flips on the batch, MONAI ``DiceCELoss`` (+ CE on a
+  one tensor, then a plain loop: AdamW, random flips on the batch (no intensity changes), MONAI ``DiceCELoss`` (+ CE on a
   class head), no engine, no handlers, no validation.
 
 Printed per way: held-out lesion Dice (per slice, averaged over slices with a lesion), slice
@@ -38,20 +38,14 @@ def cut_tensors(datalist: Path, fold: int, split: str, strategy: str, image_size
     seg (N, 1, S, S) long, cls (N,) long (-1: no type)."""
     import torch
 
-    from monai_liver.engine.data import slice_dataset
+    from monai_liver.engine.data import datalist_dataset_dir, slice_dataset
 
-    ds = slice_dataset(datalist, _dataset_dir(datalist), fold, split, strategy, image_size, cache_dir, augment=False)
+    ds = slice_dataset(datalist, datalist_dataset_dir(datalist), fold, split, strategy, image_size, cache_dir, augment=False)
     items = [ds[i] for i in range(len(ds))]
     image = torch.stack([torch.as_tensor(it["image"]).as_subclass(torch.Tensor) for it in items]).float()
     seg = torch.stack([torch.as_tensor(it["seg"]).as_subclass(torch.Tensor) for it in items]).long()
     cls = torch.stack([torch.as_tensor(it["cls"]).as_subclass(torch.Tensor) for it in items]).long().reshape(-1)
     return image, seg, cls
-
-
-def _dataset_dir(datalist: Path) -> str:
-    from monai_liver.engine.data import datalist_dataset_dir
-
-    return datalist_dataset_dir(datalist)
 
 
 def score(net, image, seg, cls, batch: int = 32) -> dict:
@@ -85,6 +79,7 @@ def bare_loop(strategy: str, backbone: str, n_classes: int, train, budget: float
     import torch
     from monai.losses import DiceCELoss
 
+    from monai_liver.engine.prepare_batch import augment_batch
     from monai_liver.networks.factory import build_network, seg_channels
 
     torch.manual_seed(seed)
@@ -104,10 +99,8 @@ def bare_loop(strategy: str, backbone: str, n_classes: int, train, budget: float
                 frac = min(1.0, (time.perf_counter() - start) / budget)
                 for g in opt.param_groups:
                     g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-            x, y, c = image[idx], seg[idx], cls[idx]
-            for dim in (2, 3):  # random flips per slice, on the batch
-                flip = torch.rand(len(x)) < 0.5
-                x[flip], y[flip] = x[flip].flip(dim), y[flip].flip(dim)
+            x, y = augment_batch(image[idx], seg[idx], intensity=0.0)  # random flips per slice
+            c = cls[idx]
             out = net(x)
             loss = 0.0
             if dice_ce is not None:
@@ -130,6 +123,7 @@ def bundle_run(strategy: str, backbone: str, datalist: Path, fold: int, image_si
     returns (network with the last weights, epochs, training slices/s)."""
     import csv
 
+    from monai_liver.engine.data import datalist_classes
     from monai_liver.engine.handlers import load_model
     from monai_liver.networks.factory import build_network
 
@@ -151,8 +145,7 @@ def bundle_run(strategy: str, backbone: str, datalist: Path, fold: int, image_si
         rows = list(csv.DictReader(f))
     seconds = sum(float(r.get("seconds") or 0) for r in rows)
     slices = sum(int(float(r.get("slices") or 0)) for r in rows)
-    n_classes = len(json.loads(Path(datalist).read_text()).get("classes") or [0, 0, 0])
-    net = build_network(strategy, n_classes=n_classes, backbone=backbone)
+    net = build_network(strategy, n_classes=len(datalist_classes(datalist)), backbone=backbone)
     load_model(net, out / "checkpoint_last.pt")
     return net, len(rows), slices / seconds if seconds else float("nan")
 
@@ -177,7 +170,9 @@ def main(argv=None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    n_classes = len(json.loads(a.datalist.read_text()).get("classes") or [0, 0, 0])
+    from monai_liver.engine.data import datalist_classes
+
+    n_classes = len(datalist_classes(a.datalist))
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.bundle_arg)}
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench_learning_") as tmp:

@@ -132,14 +132,12 @@ def plot_confusions(results, classes: list[str], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_curves(out_dir: Path, path: Path) -> Path | None:
-    """Training loss (top) and the validation metrics (bottom) per epoch, one column per strategy,
-    one line per init x fold. None when no run has a train_log.csv yet."""
-    import numpy as np
+def run_logs(out_dir: Path) -> list:
+    """``(run, train_log.csv as a DataFrame)`` for every run that has a non-empty log; a log being
+    written (unreadable now) is left out: the next report will have it."""
     import pandas as pd
 
     from monai_liver.experiment.aggregate import find_runs
-    from monai_liver.experiment.paper import INIT_TITLES, STRATEGY_TITLES
 
     logs = []
     for r in find_runs(out_dir):
@@ -148,9 +146,21 @@ def plot_curves(out_dir: Path, path: Path) -> Path | None:
             try:
                 df = pd.read_csv(p)
             except (ValueError, pd.errors.ParserError, OSError):
-                continue  # being written: the next report will have it
+                continue
             if len(df) and "epoch" in df:
                 logs.append((r, df))
+    return logs
+
+
+def plot_curves(out_dir: Path, path: Path) -> Path | None:
+    """Training loss (top) and the validation metrics (bottom) per epoch, one column per strategy,
+    one line per init x fold. None when no run has a train_log.csv yet."""
+    import numpy as np
+    import pandas as pd
+
+    from monai_liver.experiment.paper import INIT_TITLES, STRATEGY_TITLES
+
+    logs = run_logs(out_dir)
     if not logs:
         return None
     strategies = list(dict.fromkeys(r.strategy for r, _ in logs))
@@ -192,18 +202,9 @@ def plot_transfer(out_dir: Path, path: Path) -> Path | None:
     import numpy as np
     import pandas as pd
 
-    from monai_liver.experiment.aggregate import find_runs
     from monai_liver.experiment.paper import INIT_TITLES, STRATEGY_TITLES
 
-    frames = []
-    for r in find_runs(out_dir):
-        p = r.path / "train_log.csv"
-        try:
-            df = pd.read_csv(p) if p.is_file() else None
-        except (ValueError, pd.errors.ParserError, OSError):
-            df = None
-        if df is not None and len(df) and "epoch" in df:
-            frames.append(df.assign(strategy=r.strategy, init=r.init))
+    frames = [df.assign(strategy=r.strategy, init=r.init) for r, df in run_logs(out_dir)]
     if not frames:
         return None
     logs = pd.concat(frames, ignore_index=True)

@@ -629,9 +629,8 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         "max_train_slices": int(opts["max_slices"] or 0), "progress": False, "backbone": str(opts["backbone"]),
         "learning_rate": float(opts["learning_rate"]),
     }
-    for k in ("val_interval",):  # preset tuning, when the preset sets it
-        if opts.get(k) is not None:
-            common[k] = opts[k]
+    if opts.get("val_interval") is not None:  # preset tuning, when the preset sets it
+        common["val_interval"] = opts["val_interval"]
     if device:
         common["device"] = f"$torch.device('{device}')"
 

@@ -87,12 +87,6 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def _checkpoint_settings(model: Path) -> dict:
-    from monai_liver.engine.handlers import checkpoint_settings
-
-    return checkpoint_settings(model)
-
-
 def load_bundle_model(
     bundle: str | Path,
     model: str | Path | None = None,
@@ -131,7 +125,10 @@ def load_bundle_model(
     if not model.is_file():
         raise LiverError(f"{model}: no trained model found (train the bundle, or pass --model <model.pt>)")
     # what the checkpoint says it was trained with wins over the bundle's defaults; a contradicting flag is an error
-    settings = {} if _is_torchscript(model) else _checkpoint_settings(model)
+    from monai_liver.engine.handlers import checkpoint_settings
+
+    torchscript = _is_torchscript(model)
+    settings = {} if torchscript else checkpoint_settings(model)
     if settings.get("backbone"):
         parser["backbone"] = settings["backbone"]
     if settings.get("class_names") and not class_names:
@@ -144,7 +141,7 @@ def load_bundle_model(
         image_size = trained or (int(parser.get_parsed_content("image_size")) if "image_size" in parser else 128)
     if int(image_size) < 32 or int(image_size) % 32:
         raise LiverError(f"image size {image_size}: must be a multiple of 32 (the encoder downsamples 5 times)")
-    if _is_torchscript(model):
+    if torchscript:
         try:
             module = torch.jit.load(str(model), map_location=dev).eval()
         except Exception as e:
