@@ -11,4 +11,14 @@ BACKGROUND, LIVER, LESION = 0, 1, 2
 
 STRATEGIES: tuple[str, ...] = ("cls_baseline", "seg_baseline", "ynet", "joint")
 PRETRAIN_STRATEGY = "lits_pretrain"
+#: the liver localiser of the inference cascade: the lits_pretrain network trained on whole slices
+#: (its run folder under <experiment>/pretrain/)
+LOCALISER = "liver_localiser"
 INITS: tuple[str, ...] = ("scratch", "imagenet", "lits")
+
+
+def bundles_dir():
+    """The repository's ``bundles/`` folder (next to the ``monai_liver`` package), a ``Path``."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "bundles"

@@ -184,7 +184,8 @@ def _preprocess(strategy: str, image_size: int, window: Sequence[float], n_class
         EnsureChannelFirstd(keys, channel_dim="no_channel"),
         ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
         StrategyTargetd(strategy, n_classes=n_classes, keys="seg"),
-        CropForegroundd(keys, source_key="seg", select_fn=foreground_or_all, margin=int(margin), allow_smaller=True),
+        *([CropForegroundd(keys, source_key="seg", select_fn=foreground_or_all, margin=int(margin), allow_smaller=True)]
+          if int(margin) >= 0 else []),  # a negative margin: whole slices (the liver localiser)
         Resized(keys, spatial_size=int(image_size), size_mode="longest", mode=("bilinear", "nearest"),
                 anti_aliasing=(True, False)),
         SpatialPadd(keys, spatial_size=(int(image_size), int(image_size))),

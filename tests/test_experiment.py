@@ -39,7 +39,7 @@ def data(tmp_path_factory):
 
 def _cmd(out: Path, data: dict, epochs: int = 1) -> list[str]:
     return [sys.executable, "-m", "monai_liver", "experiment", "--out", str(out), "--datalist", str(data["lesions"]),
-            "--lits-datalist", str(data["lits"]), "--folds", "2", "--epochs", str(epochs), "--lits-epochs", "1",
+            "--lits-datalist", str(data["lits"]), "--folds", "2", "--epochs", str(epochs), "--lits-epochs", "1", "--localiser-epochs", "1",
             "--image-size", "32", "--batch-size", "4", "--max-slices", "4", "--inits", "scratch", "imagenet", "lits",
             "--no-download", "--device", "cpu", "--phantoms"]
 
@@ -93,11 +93,21 @@ def test_experiment_kill_resume(data, tmp_path):
     assert all(final[p] == t for p, t in second.items())
     assert "finished before" in res.stdout and "not run again" in res.stdout
 
-    # every run finished exactly once; lits_pretrain ran to completion once
+    # every run finished exactly once; lits_pretrain and the liver localiser ran to completion once
     events = [ln.split()[2:] for ln in (out / "runs.log").read_text().splitlines()]
     done = Counter(tuple(e[1:]) for e in events if e[0] == "done")
-    assert len(done) == len(final) + 1 and set(done.values()) == {1}
-    assert done[("lits_pretrain", "scratch", "fold0")] == 1
+    assert len(done) == len(final) + 2 and set(done.values()) == {1}
+    assert done[("lits_pretrain", "scratch", "fold0")] == 1 and done[("liver_localiser", "scratch", "fold0")] == 1
+
+    # a model package per segmenting row, with the liver localiser (whole slices) and the settings
+    from monai_liver.model_package import read_settings
+
+    packages = sorted(p.name for p in (out / "packages").iterdir())
+    assert packages == [f"{s}-{i}" for s in ("joint", "seg_baseline", "ynet") for i in ("lits", "scratch")]
+    info = json.loads((out / "packages" / "joint-lits" / "model.json").read_text())
+    assert info["settings"]["strategy"] == "joint" and info["settings"]["image_size"] == 32
+    assert info["provenance"]["fold"] in ("fold0", "fold1") and info["localiser"]["roi_margin"] == -1
+    assert read_settings(out / "packages" / "joint-lits" / "liver_model.pt")["data"]["fold_held_out"] == 0
 
     # the table: 12 rows, 8 done on every held-out slice, ImageNet not run with the reason
     table = pd.read_csv(out / "results.csv")
@@ -113,7 +123,7 @@ def test_experiment_kill_resume(data, tmp_path):
     assert "| Joint learning | LiTS |" in md and res.stdout.count("| Joint learning |") == 3
     assert (out / "report.html").is_file() and (out / "figures" / "metrics.png").is_file()
 
-    # MLflow: the same parent across the three starts, one child per run (+ the pretraining)
+    # MLflow: the same parent across the three starts, one child per run (+ the two pretraining runs)
     from mlflow.tracking import MlflowClient
 
     assert json.loads((out / "mlflow_parent.json").read_text())["run_id"] == parent
@@ -122,7 +132,7 @@ def test_experiment_kill_resume(data, tmp_path):
     runs = client.search_runs([exp.experiment_id], max_results=200)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     names = Counter(r.info.run_name for r in children)
-    assert len(names) == len(final) + 1 and set(names.values()) == {1}
+    assert len(names) == len(final) + 2 and set(names.values()) == {1}
     assert all("heldout_n_slices" in r.data.metrics for r in children if r.info.run_name.startswith("joint"))
     top = client.get_run(parent)
     assert top.info.status == "FINISHED"

@@ -12,8 +12,9 @@ import torch
 
 from monai_liver.cli import main as cli_main
 from monai_liver.errors import LiverError
-from monai_liver.experiment.runner import bundles_dir
+from monai_liver.constants import bundles_dir
 from monai_liver.inference import infer as inf
+from monai_liver.inference.model import load_bundle_model
 from monai_liver.inference.export import export
 
 REAL = Path("/work/shared/data/real")
@@ -43,7 +44,7 @@ def test_export_matches_checkpoint(tmp_path):
     ts = torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra)
     assert json.loads(extra["inference.json"])["strategy"] == "joint" and json.loads(extra["metadata.json"])["version"]
 
-    loaded = inf.load_bundle_model(joint, ckpt, "cpu", image_size=64)
+    loaded = load_bundle_model(joint, ckpt, "cpu", image_size=64)
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         ref = loaded.net(x)["seg"]
@@ -55,7 +56,7 @@ def test_export_matches_checkpoint(tmp_path):
     series = REAL / "dcmqi_ct3slice" / "ct"
     if not series.is_dir():
         pytest.skip(f"real CT samples not found at {REAL}")
-    from_ts = inf.load_bundle_model(joint, tmp_path / "model.ts", "cpu", image_size=64)
+    from_ts = load_bundle_model(joint, tmp_path / "model.ts", "cpu", image_size=64)
     assert from_ts.torchscript
     a = inf.infer(series, tmp_path / "a", loaded=loaded, overlays=False)
     b = inf.infer(series, tmp_path / "b", loaded=from_ts, overlays=False)

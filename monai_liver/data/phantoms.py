@@ -593,7 +593,8 @@ def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 
 def _lits_volume(shape: tuple[int, int, int], rng: np.random.Generator, with_lesions: bool):
-    """One LiTS-like volume: (HU int16, labels uint8, affine, lesion kinds), arrays in LPS order."""
+    """One LiTS-like volume: (HU int16, labels uint8, affine, lesion kinds, lesion types uint8 with
+    1 + the index of each lesion's kind in ``LESION_TYPES``), arrays in LPS order."""
     anat = _Anatomy(rng)
     nx, ny, nz = shape
     fov = 2 * anat.body_a + rng.uniform(20, 70)
@@ -606,6 +607,7 @@ def _lits_volume(shape: tuple[int, int, int], rng: np.random.Generator, with_les
     g = _Grid(u, v, z)
     hu, liver = anat.render(g)
     lesion = np.zeros(g.shape, dtype=bool)
+    types = np.zeros(g.shape, dtype=np.uint8)
     kinds = []
     if with_lesions:
         n = int(rng.integers(1, 6))
@@ -616,16 +618,18 @@ def _lits_volume(shape: tuple[int, int, int], rng: np.random.Generator, with_les
         kinds = kinds[: len(places)]
         for kind, (centre, r) in zip(kinds, places):
             les = _draw_lesion(kind, rng, r, centre, styles[kind], anat, planar=False)
+            before = lesion.copy()
             _paint_lesion(les, g, hu, liver, lesion, anat.hu["liver"])
+            types[lesion & ~before] = 1 + LESION_TYPES.index(kind)
     labels = liver.astype(np.uint8)
     labels[lesion] = 2
     noise = rng.uniform(10, 20)
     vol = _blur_and_noise(hu, g.spacing, rng, noise, blur_mm=rng.uniform(0.7, 1.1))
     # RAS grid -> LPS voxel order (x and y reversed), the usual LiTS layout
-    vol, labels = vol[::-1, ::-1].copy(), labels[::-1, ::-1].copy()
+    vol, labels, types = vol[::-1, ::-1].copy(), labels[::-1, ::-1].copy(), types[::-1, ::-1].copy()
     affine = np.diag([-sxy, -sxy, sz, 1.0])
     affine[:3, 3] = [u[-1], v[-1], z[0]]
-    return vol, labels, affine, kinds
+    return vol, labels, affine, kinds, types
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -694,9 +698,10 @@ def _make_lits(out_dir, n_volumes: int, shape, seed: int) -> tuple[list[Path], d
     plan = _lits_plan(int(n_volumes), seed)
     paths, lesions, free = [], 0, 0
     for i in range(int(n_volumes)):
-        vol, lab, affine, kinds = _lits_volume(shape, _rng(seed, _STREAM_LITS, i), bool(plan[i]))
+        vol, lab, affine, kinds, types = _lits_volume(shape, _rng(seed, _STREAM_LITS, i), bool(plan[i]))
         _save_nifti(vol, affine, out / f"volume-{i}.nii.gz")
         _save_nifti(lab, affine, out / f"segmentation-{i}.nii.gz")
+        _save_nifti(types, affine, out / f"lesiontypes-{i}.nii.gz")
         paths.append(out / f"volume-{i}.nii.gz")
         lesions += len(kinds)
         free += int(not (lab == 2).any())
@@ -709,7 +714,9 @@ def make_lits_phantoms(out_dir: str | os.PathLike, n_volumes: int = 6, shape: Se
 
     Files: ``volume-N.nii.gz`` (int16 HU, shape ``shape`` = (X, Y, Z) in LPS voxel order, affine
     ``diag(-sx, -sy, sz)`` with about 1.9-2.6 mm pixels for a 160 grid and 2.5-5 mm slices) and
-    ``segmentation-N.nii.gz`` (uint8: 0 background, 1 liver, 2 lesion). About one volume in five has
+    ``segmentation-N.nii.gz`` (uint8: 0 background, 1 liver, 2 lesion) and ``lesiontypes-N.nii.gz``
+    (uint8: 0, or 1 + k for a lesion of type k of ``LESION_TYPES``: the known type of every lesion, for
+    checking the per-lesion class of ``monai-liver infer``). About one volume in five has
     no lesion (at least one when ``n_volumes >= 2``). Deterministic for a given ``seed``.
 
     Returns:

@@ -207,14 +207,17 @@ def _metrics(strategy: str, n_classes: int) -> dict[str, Any]:
     return out
 
 
-def validation_metrics(strategy: str, n_classes: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(key_val_metric, additional_metrics)`` dicts for ``SupervisedEvaluator``.
+def validation_metrics(strategy: str, n_classes: int = 3, key: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(key_val_metric, additional_metrics)`` dicts for ``SupervisedEvaluator``; ``key`` (e.g.
+    ``val_liver_dice`` for the liver localiser) replaces the strategy's key metric when given.
 
     Built together so that ``val_dice_acc`` (ynet, joint) shares its ``val_dice`` and ``val_acc``
     metric objects with the additional metrics (ignite then updates each once per iteration).
     """
     metrics = _metrics(_check(strategy), n_classes)
-    name = KEY_METRICS[strategy]
+    name = key or KEY_METRICS[strategy]
+    if name not in metrics:
+        raise LiverError(f"key metric '{name}' is not computed for {strategy}; choose one of {', '.join(metrics)}")
     return {name: metrics.pop(name)}, metrics
 
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monai_liver.constants import INITS, PRETRAIN_STRATEGY, STRATEGIES
+from monai_liver.constants import INITS, LOCALISER, PRETRAIN_STRATEGY, STRATEGIES, bundles_dir
 from monai_liver.errors import LiverError
 
 __all__ = ["PRESETS", "ExperimentResult", "bundles_dir", "run_experiment", "add_arguments", "main"]
@@ -51,24 +51,17 @@ __all__ = ["PRESETS", "ExperimentResult", "bundles_dir", "run_experiment", "add_
 #: much per second as EfficientNet-B0 (benchmarks/bench_learning.py, README); batch 8 at lr 5e-3 with a
 #: cosine schedule learnt more per second than batch 16 at 2e-3 in the same benchmark.
 PRESETS: dict[str, dict] = {
-    "quick": {"folds": 2, "epochs": 10, "lits_epochs": 8, "image_size": 64, "batch_size": 8, "max_slices": 0,
+    "quick": {"folds": 2, "epochs": 10, "lits_epochs": 8, "localiser_epochs": 16, "image_size": 64, "batch_size": 8, "max_slices": 0,
               "learning_rate": 0.005, "val_interval": 5, "backbone": "basicunet",
               "num_workers": 0, "lits_volumes": 6, "lits_shape": (160, 160, 48), "isolation": "inprocess"},
-    "full": {"folds": 5, "epochs": 100, "lits_epochs": 50, "image_size": 256, "batch_size": 16, "max_slices": 0,
+    "full": {"folds": 5, "epochs": 100, "lits_epochs": 50, "localiser_epochs": 50, "image_size": 256, "batch_size": 16, "max_slices": 0,
              "learning_rate": 0.001, "backbone": "efficientnet-b0",
              "num_workers": 4, "lits_volumes": 20, "lits_shape": (256, 256, 64), "isolation": "subprocess"},
 }
 
 #: settings that must not change when an experiment folder is resumed
-_FIXED = ("folds", "epochs", "lits_epochs", "image_size", "batch_size", "max_slices", "seed", "backbone", "data",
+_FIXED = ("folds", "epochs", "lits_epochs", "localiser_epochs", "image_size", "batch_size", "max_slices", "seed", "backbone", "data",
           "lits_data")
-
-
-def bundles_dir() -> Path:
-    """The repository's ``bundles/`` folder (next to the ``monai_liver`` package)."""
-    import monai_liver
-
-    return Path(monai_liver.__file__).resolve().parents[1] / "bundles"
 
 
 @dataclass
@@ -332,19 +325,45 @@ def _dataset_dir_of(path: Path, content: dict) -> Path:
     return d if d.is_absolute() else (path.parent / d).resolve()
 
 
-def pretrain_metrics(run_dir: Path) -> dict:
-    """The ``lits_pretrain`` run's held-out figures: the ``train_log.csv`` row of the epoch whose
-    ``model.pt`` was kept (best lesion Dice on the held-out LiTS fold), as floats; ``{}`` when none."""
+def _pretrain(run_dir: Path, bundle: Path, key: str, overrides: dict, tracking: dict, env: dict,
+              isolation: str, tracker, times: dict, log) -> None:
+    """Train one LiTS pretraining run (lits_pretrain bundle) into ``run_dir`` unless it has ``DONE``;
+    write its held-out figures (the epoch with the best ``key``) to ``run_dir/metrics.json``."""
+    name = run_dir.name
+    if (run_dir / "DONE").is_file():
+        log(f"== {name}: done before ({run_dir}), not run again")
+        return
+    with _stage(name, times, log):
+        _log_line(run_dir.parents[1], f"start {name} scratch fold0")
+        _run_bundle(bundle, ["train.json"], {**overrides, **tracking}, run_dir / "train.log", env, isolation)
+        if not (run_dir / "model.pt").is_file():
+            raise LiverError(f"{run_dir}: {name} finished without writing model.pt (see {run_dir / 'train.log'})")
+        if tracker:
+            from monai_liver.engine.tracking import run_name
+
+            tracker.attach_child(run_name(name, "scratch", 0), None, {"stage": "pretrain"})
+        held_out = pretrain_metrics(run_dir, key)
+        _atomic_write(run_dir / "metrics.json", json.dumps(held_out, indent=2) + "\n")
+        log(f"   {name} held-out LiTS fold 0 ({held_out.get('epoch')} epochs, best {key}): "
+            f"liver Dice {held_out.get('val_liver_dice', float('nan')):.3f}, "
+            f"lesion Dice {held_out.get('val_dice', float('nan')):.3f}")
+        _atomic_write(run_dir / "DONE", json.dumps({"finished": time.time()}) + "\n")
+        _log_line(run_dir.parents[1], f"done {name} scratch fold0")
+
+
+def pretrain_metrics(run_dir: Path, key: str = "val_dice") -> dict:
+    """A pretraining run's held-out figures: the ``train_log.csv`` row of the epoch whose
+    ``model.pt`` was kept (best ``key`` on the held-out LiTS fold), as floats; ``{}`` when none."""
     import csv
 
     log = Path(run_dir) / "train_log.csv"
     if not log.is_file():
         return {}
     with log.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_dice")]
+        rows = [r for r in csv.DictReader(f) if r.get(key)]
     if not rows:
         return {}
-    best = max(rows, key=lambda r: float(r["val_dice"]))
+    best = max(rows, key=lambda r: float(r[key]))
     return {k: (int(v) if k == "epoch" else float(v)) for k, v in best.items()
             if k in ("epoch", "val_dice", "val_recall", "val_liver_dice") and v not in ("", None)}
 
@@ -467,6 +486,7 @@ def run_experiment(
     folds: int | None = None,
     epochs: int | None = None,
     lits_epochs: int | None = None,
+    localiser_epochs: int | None = None,
     image_size: int | None = None,
     batch_size: int | None = None,
     max_slices: int | None = None,
@@ -511,7 +531,8 @@ def run_experiment(
     for p in (lits, lits_datalist, manifest, datalist, imagenet_weights):
         if p and not Path(p).exists():
             raise LiverError(f"{p}: file or folder not found")
-    opts = _resolve_options(preset, folds=folds, epochs=epochs, lits_epochs=lits_epochs, image_size=image_size,
+    opts = _resolve_options(preset, folds=folds, epochs=epochs, lits_epochs=lits_epochs,
+                            localiser_epochs=localiser_epochs, image_size=image_size,
                             batch_size=batch_size, max_slices=max_slices, isolation=isolation,
                             backbone=backbone, learning_rate=learning_rate)
     if opts["isolation"] not in ("inprocess", "subprocess"):
@@ -520,7 +541,7 @@ def run_experiment(
                 manifest=manifest, datalist=datalist)
     if int(opts["folds"]) < 2:
         raise LiverError(f"--folds must be at least 2 (got {opts['folds']})")
-    for k in ("epochs", "lits_epochs", "image_size", "batch_size"):
+    for k in ("epochs", "lits_epochs", "localiser_epochs", "image_size", "batch_size"):
         if int(opts[k]) < 1:
             raise LiverError(f"--{k.replace('_', '-')} must be at least 1 (got {opts[k]})")
     from monai_liver.networks.backbone import check_backbone
@@ -565,7 +586,8 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         lesions, lits_list, kind, lits_kind = _prepare_data(out, opts, log)
     exp = {
         "preset": opts["preset"], "folds": int(opts["folds"]), "epochs": int(opts["epochs"]),
-        "lits_epochs": int(opts["lits_epochs"]), "image_size": int(opts["image_size"]),
+        "lits_epochs": int(opts["lits_epochs"]), "localiser_epochs": int(opts["localiser_epochs"]),
+        "image_size": int(opts["image_size"]),
         "batch_size": int(opts["batch_size"]), "max_slices": int(opts["max_slices"] or 0), "seed": int(opts["seed"]),
         "backbone": str(opts["backbone"]), "learning_rate": float(opts["learning_rate"]), "data": kind,
         "lits_data": lits_kind, "datalist": str(lesions), "lits_datalist": str(lits_list or ""),
@@ -650,34 +672,18 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
 
     lits_ckpt = ""
     runs_done = runs_skipped = 0
-    if "lits" in opts["inits"]:
-        pre = out / "pretrain" / PRETRAIN_STRATEGY
-        lits_ckpt = str(pre / "model.pt")
-        bundle = bundles / PRETRAIN_STRATEGY
-        if (pre / "DONE").is_file():
-            log(f"== lits_pretrain: done before ({pre}), not run again")
-        else:
-            with _stage("lits_pretrain", times, log):
-                _log_line(out, f"start {PRETRAIN_STRATEGY} scratch fold0")
-                # fold 0 of the LiTS datalist held out: its liver and lesion Dice are the pretraining's own
-                # held-out figures (pretrain/lits_pretrain/metrics.json, the report)
-                o = overrides(bundle, pre, lits_list, 0, "scratch",
-                              {"epochs": int(opts["lits_epochs"]), "max_val_slices": 0})
-                _run_bundle(bundle, ["train.json"], {**o, **tracking_overrides(PRETRAIN_STRATEGY, "scratch", 0)},
-                            pre / "train.log", env, opts["isolation"])
-                if not Path(lits_ckpt).is_file():
-                    raise LiverError(f"{pre}: lits_pretrain finished without writing model.pt (see {pre / 'train.log'})")
-                if tracker:
-                    from monai_liver.engine.tracking import run_name
-
-                    tracker.attach_child(run_name(PRETRAIN_STRATEGY, "scratch", 0), None, {"stage": "pretrain"})
-                held_out = pretrain_metrics(pre)
-                _atomic_write(pre / "metrics.json", json.dumps(held_out, indent=2) + "\n")
-                log(f"   lits_pretrain held-out LiTS fold 0 ({held_out.get('epoch')} epochs, best): "
-                    f"liver Dice {held_out.get('val_liver_dice', float('nan')):.3f}, "
-                    f"lesion Dice {held_out.get('val_dice', float('nan')):.3f}")
-                _atomic_write(pre / "DONE", json.dumps({"finished": time.time()}) + "\n")
-                _log_line(out, f"done {PRETRAIN_STRATEGY} scratch fold0")
+    if lits_list is not None:
+        lits_ckpt = str(out / "pretrain" / PRETRAIN_STRATEGY / "model.pt")
+        # the LiTS pretraining (crops as the target is trained: transfer) and the liver localiser of the
+        # inference cascade (whole slices, every slice, best held-out liver Dice kept); both hold out
+        # fold 0 of the LiTS datalist, whose figures go to pretrain/<name>/metrics.json and the report
+        crop = {"epochs": int(opts["lits_epochs"]), "max_val_slices": 0}
+        whole = {"epochs": int(opts["localiser_epochs"]), "max_val_slices": 0, "roi_margin": -1, "only_liver_slices": False, "key_metric_name": "val_liver_dice",
+                 "lesion_oversample": 1}
+        for name, extra, key in ((PRETRAIN_STRATEGY, crop, "val_dice"), (LOCALISER, whole, "val_liver_dice")):
+            _pretrain(out / "pretrain" / name, bundles / PRETRAIN_STRATEGY, key,
+                      overrides(bundles / PRETRAIN_STRATEGY, out / "pretrain" / name, lits_list, 0, "scratch", extra),
+                      tracking_overrides(name, "scratch", 0), env, opts["isolation"], tracker, times, log)
 
     n_folds = int(opts["folds"])
     todo = [(s, i, k) for s in opts["strategies"] for i in opts["inits"] if i not in not_run for k in range(n_folds)]
@@ -714,6 +720,10 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
             runs_done += 1
             log(f"   train {t1 - t0:.1f} s, evaluate {t2 - t1:.1f} s")
 
+    with _stage("packages", times, log):
+        from monai_liver.experiment.packages import write_packages
+
+        write_packages(out, log)
     with _stage("report", times, log):
         html = build_report(out, n_boot=n_boot)
         table = results_table(out)
@@ -746,6 +756,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, help="patient-grouped folds (cross-validation)")
     p.add_argument("--epochs", type=int, help="training epochs per run")
     p.add_argument("--lits-epochs", type=int, help="epochs of the lits_pretrain bundle")
+    p.add_argument("--localiser-epochs", type=int, help="epochs of the liver localiser (lits_pretrain on whole slices)")
     p.add_argument("--image-size", type=int, help="network input size in pixels (multiple of 32)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-slices", type=int, help="at most this many training slices per run (0: all)")
@@ -776,6 +787,7 @@ def main(args: argparse.Namespace) -> int:
     res = run_experiment(
         args.out, lits=args.lits, lits_datalist=args.lits_datalist, manifest=args.manifest, datalist=args.datalist,
         preset=args.preset or "quick", folds=args.folds, epochs=args.epochs, lits_epochs=args.lits_epochs,
+        localiser_epochs=args.localiser_epochs,
         image_size=args.image_size, batch_size=args.batch_size, max_slices=args.max_slices, backbone=args.backbone,
         learning_rate=args.learning_rate, strategies=args.strategies,
         inits=args.inits, imagenet_weights=args.imagenet_weights, download=not args.no_download,

@@ -6,7 +6,10 @@ TorchScript, ``verify_net_in_out`` and MONAI Label expect. The TorchScript file 
 ``metadata.json`` and ``inference.json`` (MONAI's ``save_net_with_metadata``), and
 ``monai-liver infer --model model.ts`` runs it like the checkpoint.
 
-The checkpoint is read with ``torch.load(weights_only=True)`` and checked against the bundle's
+The network is built with the settings the checkpoint records (:mod:`monai_liver.model_package`:
+backbone, classes, image size), which are also embedded (``settings`` in the embedded
+inference.json), so that ``infer`` runs the TorchScript file exactly like the checkpoint. A package
+folder is accepted for ``model``. The checkpoint is read with ``torch.load(weights_only=True)`` and checked against the bundle's
 network first (a checkpoint of another bundle fails with one line); MONAI's exporter then gets a
 copy holding only those tensors, since it loads through ignite's ``Checkpoint.load_objects``.
 """
@@ -41,16 +44,28 @@ def export(
     from monai.bundle import ConfigParser, ckpt_export
 
     from monai_liver.engine.handlers import load_model
+    from monai_liver.model_package import package_files, read_settings
 
-    bundle, model, out = Path(bundle), Path(model), Path(out)
+    bundle, out = Path(bundle), Path(out)
+    model = package_files(model)[0]
+    settings = read_settings(model)
     cfg, meta = bundle / "configs" / "inference.json", bundle / "configs" / "metadata.json"
     if not cfg.is_file():
         raise LiverError(f"{bundle}: not a bundle (no configs/inference.json)")
     overrides: dict = {"bundle_root": str(bundle)}
+    for key in ("backbone", "class_names", "image_size"):
+        if settings.get(key):
+            overrides[key] = settings[key]
+    overrides["settings"] = settings  # never the settings of whatever model sits in the bundle's models/
     if class_names:
         overrides["class_names"] = list(class_names)
     parser = ConfigParser()
     parser.read_config(str(cfg))
+    if settings.get("strategy") and parser.get("strategy") != settings["strategy"]:
+        raise LiverError(f"{model}: a {settings['strategy']} model, not one of bundle {bundle} ({parser.get('strategy')})")
+    trained = settings.get("image_size")
+    if image_size is not None and trained and int(image_size) != int(trained):
+        raise LiverError(f"{model}: trained at image size {trained}, not {image_size}; leave the size out to use the model's")
     parser.update(overrides)
     if image_size is None:
         image_size = int(parser.get_parsed_content("image_size")) if "image_size" in parser else 128
@@ -78,7 +93,7 @@ def export(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, help="bundle folder (default: the repository's bundles/joint)")
-    parser.add_argument("--model", type=Path, required=True, help="trained checkpoint (model.pt)")
+    parser.add_argument("--model", type=Path, required=True, help="trained checkpoint (model.pt) or model package folder")
     parser.add_argument("--out", type=Path, required=True, help="TorchScript file to write (e.g. model.ts)")
     parser.add_argument("--classes", nargs="+", help="lesion class names the model was trained with (default: the bundle's)")
     parser.add_argument("--trace", action="store_true", help="torch.jit.trace instead of torch.jit.script")
@@ -86,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from monai_liver.experiment.runner import bundles_dir
+    from monai_liver.constants import bundles_dir
 
     path = export(args.bundle or bundles_dir() / "joint", args.model, args.out, class_names=args.classes,
                   image_size=args.image_size, use_trace=args.trace)

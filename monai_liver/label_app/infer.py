@@ -77,6 +77,18 @@ def load_study(path: str | os.PathLike) -> tuple[np.ndarray, Any]:
     return np.asarray(vol, dtype=np.float32), np.asarray(affine)
 
 
+def _ras_affine(volume: np.ndarray, reference: Any) -> np.ndarray:
+    """The RAS affine of ``volume`` as :func:`load_study` returned it (the predictor needs the pixel
+    area in mm2 to skip slices with little liver)."""
+    import nibabel as nib
+
+    if isinstance(reference, nib.spatialimages.SpatialImage):
+        shape = (tuple(reference.shape[:3]) + (1, 1))[:3]  # 2D files: one slice; 4D: the first volume
+        img = nib.Nifti1Image(np.zeros(shape, np.uint8), reference.affine)
+        return nib.as_closest_canonical(img).affine
+    return np.asarray(reference)
+
+
 def restore_orientation(label_ras: np.ndarray, reference: Any) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z) label in RAS -> (array, affine) in the reference's geometry (its shape and affine)."""
     import nibabel as nib
@@ -93,46 +105,32 @@ def restore_orientation(label_ras: np.ndarray, reference: Any) -> tuple[np.ndarr
 
 
 class JointInferTask(BasicInferTask):
-    """Serves ``<bundle>/models/model.pt`` (a joint bundle checkpoint) on whole studies.
+    """Serves ``<bundle>/models/model.pt`` (a joint model) on whole studies, through the same
+    cascade as ``monai-liver infer`` (:class:`monai_liver.inference.predictor.Predictor`; the liver
+    localiser is ``<bundle>/models/liver_model.pt`` when present). The model is reloaded when its
+    file changes (after a training run of the app).
 
     Args:
         bundle: the app's working copy of the joint bundle (``configs/`` and ``models/``).
-        conf: the app's ``--conf`` settings (``image_size`` overrides the bundle's).
+        conf: the app's ``--conf`` settings (``image_size`` must agree with the model's).
     """
 
     def __init__(self, bundle: str | os.PathLike, conf: Dict[str, str] | None = None) -> None:
-        from monai.bundle import ConfigParser
-
         conf = conf or {}
         self.bundle = Path(bundle)
         labels, self.class_names = bundle_labels(self.bundle)
-        parser = ConfigParser()
-        parser.read_config(str(self.bundle / "configs" / "inference.json"))
-        parser["bundle_root"] = str(self.bundle)
-        model_path = self.bundle / "models" / "model.pt"
-        settings = {}
-        if model_path.is_file():
-            from monai_liver.engine.handlers import checkpoint_settings
-
-            settings = checkpoint_settings(model_path)  # the size and backbone it was trained with
-        for key in ("backbone", "image_size"):
-            if settings.get(key):
-                parser[key] = settings[key]
-        if conf.get("image_size"):
-            parser["image_size"] = int(conf["image_size"])
-        self.image_size = int(parser.get_parsed_content("image_size"))
-        # the bundle's own slice preprocessing (window, resize, pad), inverted after the network
-        self.preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
-        network = parser.get_parsed_content("network_def", instantiate=True)
+        self.conf_image_size = int(conf["image_size"]) if conf.get("image_size") else None
+        self._predictor = None
+        self._stamp = None
         meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
         super().__init__(
             path=str(self.bundle / "models" / "model.pt"),
-            network=network,
+            network=None,
             type=InferType.SEGMENTATION,
             labels=labels,
             dimension=3,
             description=meta.get("description", "joint liver-lesion segmentation and classification"),
-            load_strict=True,  # a partial load would serve a half-random network without a word
+            load_strict=True,
             config={"lesion_union": False},
         )
         self.version = meta.get("version")
@@ -142,8 +140,28 @@ class JointInferTask(BasicInferTask):
 
     def info(self) -> Dict[str, Any]:
         i = super().info()
-        i.update({"version": self.version, "classes": self.class_names, "image_size": self.image_size})
+        size = self.conf_image_size
+        if self.is_valid():
+            from monai_liver.model_package import read_settings
+
+            size = read_settings(self.path[0]).get("image_size", size)
+        i.update({"version": self.version, "classes": self.class_names, "image_size": size})
         return i
+
+    def predictor(self, device: str = "cpu"):
+        """The cascade for the current model files (loaded again when one of them changed)."""
+        from monai_liver.inference.infer import load_models
+
+        model = Path(self.path[0])
+        localiser = model.with_name("liver_model.pt")
+        stamp = tuple(p.stat().st_mtime_ns if p.is_file() else None for p in (model, localiser)) + (device,)
+        if self._predictor is None or stamp != self._stamp:
+            self._predictor = load_models(model, self.bundle, localiser if localiser.is_file() else None, device,
+                                          image_size=self.conf_image_size)
+            if self._predictor.model.strategy != "joint":
+                raise LiverError(f"{model}: the label app serves a joint model, not {self._predictor.model.strategy}")
+            self._stamp = stamp
+        return self._predictor
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         return []  # the study is read in run_inferer (it needs the file's own geometry)
@@ -152,16 +170,16 @@ class JointInferTask(BasicInferTask):
         return []
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cpu"):
-        from monai_liver.label_app.volume import segment_volume, study_summary
+        from monai_liver.inference.predictor import study_summary
 
         path = data.get("image_path") or data.get("image")
         if not isinstance(path, str):
             raise LiverError("request: 'image' must be a study id or a file path")
         volume, reference = load_study(path)
-        network = self._get_network(device, data)
-        result = segment_volume(network, volume, self.preprocessing, device)
-        summary = study_summary(result, self.class_names)
-        label = result.label
+        predictor = self.predictor(device)
+        pred = predictor(volume, _ras_affine(volume, reference))
+        summary = study_summary(pred, self.class_names)
+        label = pred.label
         labels = {"background": 0, **self.labels}
         if strtobool(str(data.get("lesion_union", False))):
             label = np.where(label >= 2, 2, label).astype(np.uint8)

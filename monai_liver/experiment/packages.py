@@ -1,0 +1,105 @@
+"""Model packages of an experiment: ``<out>/packages/<strategy>-<init>/``, one per segmenting row.
+
+Each package (:mod:`monai_liver.model_package`) holds the model of the fold with the best held-out
+lesion Dice (``eval/metrics.json`` of the run; the folds' figures are listed in ``model.json``) and,
+when LiTS pretraining ran, the liver localiser (``pretrain/liver_localiser``: the lits_pretrain
+network trained on whole LiTS slices) as stage 1 of the cascade. The
+choice is the best fold rather than a model retrained on all folds: it costs no extra training and
+its held-out figures are measured; it is one fold's model, so a large gap between folds (in
+``model.json``) says how much that choice matters. ``cls_baseline`` rows get no package (the model
+does not segment, so ``infer`` cannot run it on a volume).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from monai_liver.constants import LOCALISER
+from monai_liver.inference.model import SEGMENTING
+
+__all__ = ["check_held_out", "package_dir", "write_packages"]
+
+
+def package_dir(out: str | Path, strategy: str, init: str) -> Path:
+    """``<out>/packages/<strategy>-<init>``."""
+    return Path(out) / "packages" / f"{strategy}-{init}"
+
+
+def write_packages(out: str | Path, log=print) -> list[Path]:
+    """Write a package per (segmenting strategy, initialisation) with finished runs; returns them."""
+    from monai_liver.model_package import write_package
+
+    out = Path(out)
+    localiser = out / "pretrain" / LOCALISER / "model.pt"
+    written = []
+    for strategy_dir in sorted((out / "runs").glob("*")):
+        if strategy_dir.name not in SEGMENTING:
+            continue
+        for init_dir in sorted(p for p in strategy_dir.glob("*") if p.is_dir()):
+            folds = {}
+            for run in sorted(init_dir.glob("fold*")):
+                metrics = run / "eval" / "metrics.json"
+                if (run / "DONE").is_file() and metrics.is_file() and (run / "model.pt").is_file():
+                    dice = json.loads(metrics.read_text()).get("dice")
+                    folds[run.name] = float(dice) if dice is not None else float("nan")
+            if not folds:
+                continue
+            best = max(folds, key=lambda k: (folds[k] == folds[k], folds[k]))  # NaN last
+            target = package_dir(out, strategy_dir.name, init_dir.name)
+            write_package(target, init_dir / best / "model.pt", localiser if localiser.is_file() else None, {
+                "experiment": str(out), "strategy": strategy_dir.name, "init": init_dir.name, "fold": best,
+                "chosen_by": "best held-out lesion Dice of the folds (eval/metrics.json)",
+                "held_out_dice": {k: round(v, 4) for k, v in folds.items()},
+                "localiser": f"pretrain/{LOCALISER}/model.pt" if localiser.is_file() else None,
+            })
+            written.append(target)
+    if written:
+        log(f"   model packages: {', '.join(p.name for p in written)} in {out / 'packages'}")
+    return written
+
+
+def check_held_out(out: str | Path, device: str | None = None, log=print) -> list[dict]:
+    """The end-to-end check of the demo: ``infer`` with the joint package (LiTS init, else scratch)
+    on the LiTS volumes that the liver localiser did not train on (its settings name the datalist and
+    the fold held out), scored by :func:`monai_liver.inference.volume_check.check_volume` into
+    ``<out>/check/<volume>/``. Returns the figures per volume ([] when there is nothing to check)."""
+    import nibabel as nib
+    import numpy as np
+
+    from monai_liver.data.datalist import read_datalist
+    from monai_liver.inference.infer import load_models
+    from monai_liver.inference.volume_check import check_volume
+    from monai_liver.model_package import read_settings
+
+    out = Path(out)
+    package = next((p for p in (package_dir(out, "joint", "lits"), package_dir(out, "joint", "scratch")) if p.is_dir()), None)
+    localiser = out / "pretrain" / LOCALISER / "model.pt"
+    if package is None or not localiser.is_file():
+        log("   end-to-end check: skipped (needs a joint package and the liver localiser)")
+        return []
+    data = read_settings(localiser).get("data") or {}
+    if not data.get("datalist") or data.get("fold_held_out") is None:
+        log("   end-to-end check: skipped (the localiser does not record its held-out LiTS fold)")
+        return []
+    content = read_datalist(data["datalist"])
+    root = Path(content.get("dataset_dir") or Path(data["datalist"]).parent)
+    if not root.is_absolute():
+        root = (Path(data["datalist"]).parent / root).resolve()
+    predictor = load_models(package, device=device)
+    figures = []
+    for item in content["training"]:
+        if int(item.get("fold", -1)) != int(data["fold_held_out"]):
+            continue
+        image, label = root / item["image"], root / item["label"]
+        if not (np.asanyarray(nib.load(str(label)).dataobj) >= 2).any():
+            continue  # a lesion-free volume says nothing about lesions
+        types = label.with_name(label.name.replace("segmentation-", "lesiontypes-"))
+        f = check_volume(predictor, image, label, out / "check" / image.name.split(".")[0],
+                         types if types.is_file() and types != label else None)
+        figures.append(f)
+        acc = f"{f['type_accuracy']:.2f} of {f['typed_lesions']}" if f["type_accuracy"] is not None else "-"
+        log(f"   {image.name} (held out from LiTS pretraining) with {package.name}: liver Dice {f['liver_dice']:.3f}, "
+            f"lesion Dice {f['lesion_dice']:.3f}, detection recall {f['detection_recall']:.2f} "
+            f"({f['detected']}/{f['reference_lesions']}), false lesions {f['false_lesions']}, lesion type accuracy {acc}")
+    return figures
