@@ -20,7 +20,7 @@ from monai_liver.errors import LiverError
 from monai_liver.constants import bundles_dir
 from monai_liver.inference import infer as inf
 from monai_liver.inference import predictor as pr
-from monai_liver.inference.model import load_bundle_model, load_model
+from monai_liver.inference.model import load_bundle_model
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 if not REAL.is_dir():

@@ -128,10 +128,14 @@ def test_infer_geometry_and_class(label_server, image_id, tmp_path) -> None:
     np.testing.assert_allclose(mask.affine, study.affine, atol=1e-4)
     m = np.asarray(mask.dataobj)
     ct = np.asarray(study.dataobj, dtype=np.float32)
-    body = ct > -500
+    from scipy import ndimage
+
+    comps, _ = ndimage.label(ct > -500, np.ones((3, 3, 3), bool))
+    body = comps == np.bincount(comps[comps > 0]).argmax()  # the cascade's liver: the body's largest piece
     assert m[~body].max() == 0, "label outside the body"
     favoured = 2 + CLASSES.index(FAVOURED)
-    segmented = [z for z in range(ct.shape[2]) if body[:, :, z].sum() >= 64]
+    px_mm2 = float(np.linalg.norm(study.affine[:3, 0]) * np.linalg.norm(study.affine[:3, 1]))
+    segmented = [z for z in range(ct.shape[2]) if body[:, :, z].sum() * px_mm2 >= 100.0]
     assert segmented
     for z in segmented:  # the biased network calls every body voxel hemangioma, in the study's own voxel order
         assert (m[:, :, z][body[:, :, z]] == favoured).all(), z
@@ -145,6 +149,24 @@ def test_infer_geometry_and_class(label_server, image_id, tmp_path) -> None:
     assert params["lesion_voxels"] == int((m >= 2).sum()) == params["voxels_per_class"][FAVOURED]
     assert len(params["lesion_slices"]) == len(segmented) == params["slices_segmented"]
     assert all(s["lesion_class"] == FAVOURED for s in params["lesion_slices"])
+
+
+def test_cli_and_label_app_give_the_same_masks(label_server, tmp_path) -> None:
+    """One predictor: ``monai-liver infer`` with the served model gives the app's label map
+    (app: 1 liver, 2 + k type k; infer: liver mask, lesion 1 + k)."""
+    import nibabel as nib
+
+    from monai_liver.cli import main
+
+    _, mask_file = _infer(label_server, "phantom", tmp_path)
+    app = np.asarray(nib.load(str(mask_file)).dataobj)
+    model = label_server["studies"] / ".monai_liver_label" / "app" / "model" / "joint" / "models" / "model.pt"
+    assert main(["infer", str(label_server["studies"] / "phantom.nii.gz"), "--model", str(model), "--out",
+                 str(tmp_path / "cli"), "--image-size", str(IMAGE_SIZE), "--device", "cpu", "--no-overlays"]) == 0
+    liver = np.asarray(nib.load(str(tmp_path / "cli" / "liver.nii.gz")).dataobj)
+    lesion = np.asarray(nib.load(str(tmp_path / "cli" / "lesion.nii.gz")).dataobj)
+    np.testing.assert_array_equal(app >= 1, liver > 0)
+    np.testing.assert_array_equal(np.where(app >= 2, app - 1, 0), lesion)
 
 
 def test_infer_lesion_union(label_server, tmp_path) -> None:
@@ -221,6 +243,22 @@ def test_cli_rejects_bad_model(tmp_path, capsys) -> None:
     assert err[-1] == f"error: {bad}: not a readable PyTorch checkpoint (UnpicklingError)"
     assert main(["label-server", "--studies", str(tmp_path / "studies"), "--bundle", str(tmp_path)]) == 2
     assert "not a joint bundle (configs/metadata.json is missing)" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_contradicting_size(tmp_path, capsys) -> None:
+    """A model that records its size (64) served with --conf image_size 32: one line, before serving."""
+    import torch
+
+    from monai_liver.cli import main
+    from monai_liver.model_package import model_settings
+    from monai_liver.networks.factory import build_network
+
+    model = tmp_path / "model.pt"
+    torch.save({"model": build_network("joint", backbone="basicunet").state_dict(),
+                "settings": model_settings("joint", 64, "basicunet", CLASSES)}, model)
+    args = ["label-server", "--studies", str(tmp_path / "studies"), "--model", str(model), "--dryrun"]
+    assert main([*args, "--conf", "image_size", "32"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("trained at image size 64, not 32; leave the size out to use the model's")
 
 
 def test_labelled_studies_to_datalist(tmp_path) -> None:

@@ -17,6 +17,7 @@ copy holding only those tensors, since it loads through ignite's ``Checkpoint.lo
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,9 +81,14 @@ def export(
         torch.save({"model": net.state_dict()}, clean)
         target = Path(tmp) / (out.name if out.suffix else out.name + ".ts")
         kwargs = {"input_shape": [1, 1, int(image_size), int(image_size)]} if use_trace else {}
+        # MONAI embeds the config file as it is on disk: embed one with the model's values written in
+        embedded = Path(tmp) / "inference.json"
+        content = json.loads(cfg.read_text())
+        content.update({k: v for k, v in overrides.items() if k != "bundle_root"})
+        embedded.write_text(json.dumps(content, indent=4))
         try:
             ckpt_export(net_id="network_def", filepath=str(target), ckpt_file=str(clean),
-                        meta_file=str(meta) if meta.is_file() else None, config_file=str(cfg), key_in_ckpt="model",
+                        meta_file=str(meta) if meta.is_file() else None, config_file=str(embedded), key_in_ckpt="model",
                         use_trace=use_trace, **kwargs, **overrides)
         except Exception as e:
             raise LiverError(f"{out}: TorchScript export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
@@ -92,7 +98,7 @@ def export(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the repository's bundles/joint)")
+    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the repository's bundle of the model's strategy, else bundles/joint)")
     parser.add_argument("--model", type=Path, required=True, help="trained checkpoint (model.pt) or model package folder")
     parser.add_argument("--out", type=Path, required=True, help="TorchScript file to write (e.g. model.ts)")
     parser.add_argument("--classes", nargs="+", help="lesion class names the model was trained with (default: the bundle's)")
@@ -103,7 +109,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from monai_liver.constants import bundles_dir
 
-    path = export(args.bundle or bundles_dir() / "joint", args.model, args.out, class_names=args.classes,
+    from monai_liver.model_package import read_settings
+
+    bundle = args.bundle or bundles_dir() / read_settings(args.model).get("strategy", "joint")  # the model's own bundle
+    path = export(bundle, args.model, args.out, class_names=args.classes,
                   image_size=args.image_size, use_trace=args.trace)
     print(f"exported {path.resolve()}")
     return 0

@@ -189,6 +189,7 @@ def load_models(
     class_names: Sequence[str] | None = None,
     image_size: int | None = None,
     min_liver_mm2: float = 100.0,
+    min_lesion_mm3: float | None = None,
 ) -> Predictor:
     """The cascade for ``model`` (package folder, checkpoint or TorchScript; see
     :func:`~monai_liver.inference.model.load_model`) with its liver localiser: ``localiser`` if
@@ -203,7 +204,10 @@ def load_models(
         loc = load_model(localiser, None, loaded.device, segmenting=True)
         if loc.strategy != "lits_pretrain":
             raise LiverError(f"{localiser}: a liver localiser must be a lits_pretrain model, not {loc.strategy}")
-    return Predictor(loaded, loc, min_liver_mm2=min_liver_mm2)
+    from monai_liver.inference.predictor import MIN_LESION_MM3
+
+    return Predictor(loaded, loc, min_liver_mm2=min_liver_mm2,
+                     min_lesion_mm3=MIN_LESION_MM3 if min_lesion_mm3 is None else min_lesion_mm3)
 
 
 def infer(
@@ -220,6 +224,7 @@ def infer(
     image_size: int | None = None,
     class_names: Sequence[str] | None = None,
     localiser: str | Path | None = None,
+    min_lesion_mm3: float | None = None,
 ) -> dict:
     """Run the pipeline of the module doc on ``input``; write the outputs to ``out``; return the
     content of ``result.json``. ``loaded`` reuses a :class:`Predictor` from :func:`load_models` (or a
@@ -234,7 +239,7 @@ def infer(
     if dicom_seg and not is_dicom(input):
         raise LiverError(f"{input}: --dicom-seg needs a DICOM input (a DICOM file or series folder)")
     if loaded is None:
-        predictor = load_models(model, bundle, localiser, device, class_names, image_size, min_liver_mm2)
+        predictor = load_models(model, bundle, localiser, device, class_names, image_size, min_liver_mm2, min_lesion_mm3)
     elif isinstance(loaded, Predictor):
         predictor = loaded
     else:
@@ -320,6 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liver", type=Path, help="liver mask (NIfTI / DICOM SEG) to use as the ROI instead of the predicted liver")
     parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
     parser.add_argument("--min-liver-mm2", type=float, default=100.0, help="3D: skip slices with less liver (default 100 mm2)")
+    parser.add_argument("--min-lesion-mm3", type=float, help="drop smaller lesions (default 20 mm3; 0 keeps all)")
     parser.add_argument("--no-overlays", action="store_true", help="no PNG per lesion slice")
     parser.add_argument("--classes", nargs="+", help="lesion class names (only for a model that does not record them)")
     parser.add_argument("--image-size", type=int, help="network input size (only for a model that does not record it; contradicting the model is an error)")
@@ -329,7 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     res = infer(args.input, args.out, bundle=args.bundle, model=args.model, liver=args.liver, dicom_seg=args.dicom_seg,
                 device=args.device, min_liver_mm2=args.min_liver_mm2, overlays=not args.no_overlays,
-                image_size=args.image_size, class_names=args.classes, localiser=args.localiser)
+                image_size=args.image_size, class_names=args.classes, localiser=args.localiser,
+                min_lesion_mm3=args.min_lesion_mm3)
     print(f"{args.input}: {res['slices_processed']} slice(s) processed, {len(res['lesions'])} lesion(s)")
     for d in res["lesions"][:20]:
         cls = f" {d['class']} ({max(d['class_probabilities'].values()):.2f})" if "class" in d else ""

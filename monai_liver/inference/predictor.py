@@ -33,11 +33,15 @@ import numpy as np
 
 from monai_liver.inference.model import LoadedModel
 
+#: lesions smaller than this (mm3; a sphere of 3.4 mm across) are dropped: below what a CT report calls a
+#: lesion, and on the demo's held-out volumes they were almost all single false voxels (README)
+MIN_LESION_MM3 = 20.0
+
 #: HU above which a pixel is body (air is about -1000 HU, lung about -850, fat about -100): the liver
 #: and its lesions are looked for inside the body only, so air never becomes a false lesion
 BODY_HU = -500.0
 
-__all__ = ["BODY_HU", "Predictor", "VolumePrediction", "lesion_components", "max_diameter_mm", "study_summary"]
+__all__ = ["BODY_HU", "MIN_LESION_MM3", "Predictor", "VolumePrediction", "lesion_components", "max_diameter_mm", "study_summary"]
 
 
 @dataclass
@@ -102,6 +106,20 @@ def predict_slices(model: LoadedModel, hu: np.ndarray, roi: np.ndarray | None, k
     return out
 
 
+def _drop_small_lesions(label: np.ndarray, min_voxels: float) -> None:
+    """Set lesion components (label >= 2, 26-connected) of fewer than ``min_voxels`` voxels to liver (1), in place."""
+    from scipy import ndimage
+
+    if min_voxels <= 1:
+        return
+    comps, n = ndimage.label(label >= 2, structure=np.ones((3, 3, 3), bool))
+    if n:
+        sizes = np.bincount(comps.ravel(), minlength=n + 1)
+        small = sizes < min_voxels
+        small[0] = False
+        label[small[comps]] = 1
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     from monai.transforms import KeepLargestConnectedComponent
 
@@ -119,12 +137,14 @@ class Predictor:
         model: the strategy model (joint, ynet, seg_baseline or lits_pretrain).
         localiser: a lits_pretrain model for the liver; None: ``model`` finds the liver itself.
         min_liver_mm2: 3D volumes: slices with less predicted liver are not processed.
+        min_lesion_mm3: lesions (3D components) smaller than this become liver (0: keep all).
         batch: slices per network call.
     """
 
     model: LoadedModel
     localiser: LoadedModel | None = None
     min_liver_mm2: float = 100.0
+    min_lesion_mm3: float = MIN_LESION_MM3
     batch: int = 16
 
     def find_liver(self, hu: np.ndarray) -> tuple[np.ndarray, str]:
@@ -143,7 +163,8 @@ class Predictor:
             liver = _largest_component(liver & body)
         who = (f"liver localiser {self.localiser.model_path}" if self.localiser is not None else
                f"the {self.model.strategy} model itself (no liver localiser; it was trained on liver crops only)")
-        return liver, f"predicted by the {who}: whole slices, then the liver ROI, largest 3D component"
+        how = "whole slices, then the liver ROI" if loc.roi_margin >= 0 else "whole slices"
+        return liver, f"predicted by the {who}: {how}, largest 3D component inside the body"
 
     def __call__(self, hu: np.ndarray, affine: np.ndarray, liver: np.ndarray | None = None) -> VolumePrediction:
         """Masks of ``hu`` (X, Y, Z HU, RAS) on its own grid; ``liver``: a given ROI (skips stage 1)."""
@@ -165,6 +186,8 @@ class Predictor:
                 pred.slice_prob[k] = cls
         # the liver is stage 1's (or the given mask); stage 2 says where its lesions are
         label[:] = np.where(liver & (hu > BODY_HU), np.maximum(label, 1), 0)
+        voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine)[:3, :3])))
+        _drop_small_lesions(label, self.min_lesion_mm3 / max(voxel_mm3, 1e-9))
         pred.liver[:] = label >= 1
         pred.lesion[:] = label >= 2
         return pred

@@ -46,6 +46,10 @@ def _check_model(model: Path) -> None:
     """Raise LiverError unless ``model`` is a checkpoint ``{"model": state_dict}`` (loaded weights-only)."""
     import torch
 
+    if model.is_dir():
+        from monai_liver.model_package import package_files
+
+        model = package_files(model)[0]
     if not model.is_file():
         raise LiverError(f"{model}: model file not found (expected a joint bundle checkpoint, e.g. <run>/model.pt)")
     try:
@@ -81,9 +85,16 @@ def prepare_app_dir(workdir: str | os.PathLike, bundle: str | os.PathLike, model
     if (bundle / "docs").is_dir() and not (target / "docs").exists():
         shutil.copytree(bundle / "docs", target / "docs")
     if model is not None:
-        tmp = target / "models" / ".model.pt.tmp"
-        shutil.copyfile(model, tmp)
-        os.replace(tmp, target / "models" / "model.pt")  # atomic: a running server never reads half a file
+        from monai_liver.model_package import LOCALISER_FILE, package_files
+
+        model_file, localiser = package_files(model)  # a package folder brings its liver localiser
+        for src, name in ((model_file, "model.pt"), (localiser, LOCALISER_FILE)):
+            if src is None:  # no localiser given: none left from an earlier package either
+                (target / "models" / name).unlink(missing_ok=True)
+                continue
+            tmp = target / "models" / f".{name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, target / "models" / name)  # atomic: a running server never reads half a file
     return app
 
 
@@ -106,7 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="joint bundle checkpoint to serve (model.pt with a 'model' state dict); "
+        help="joint model to serve: a package folder (model.pt + liver_model.pt, e.g. <experiment>/packages/joint-lits) "
+        "or a checkpoint (model.pt with a 'model' state dict); "
         "default: the model already in the working folder (from earlier fine-tuning), if any",
     )
     parser.add_argument("--bundle", default=None, help="joint bundle folder (default: bundles/joint of the source tree)")
@@ -145,6 +157,14 @@ def main(args: argparse.Namespace) -> int:
     if not (app / "model" / MODEL_NAME / "models" / "model.pt").is_file():
         logger.warning("no model yet: /infer is unavailable until a model is given (--model) or trained (/train/joint)")
     conf = {str(k): str(v) for k, v in args.conf}
+    served = app / "model" / MODEL_NAME / "models" / "model.pt"
+    if served.is_file():  # the model is checked now, not at the first /infer: one line, before serving
+        from monai_liver.inference.model import load_model
+
+        model = load_model(served, app / "model" / MODEL_NAME, "cpu",
+                           image_size=int(conf["image_size"]) if conf.get("image_size") else None)
+        if model.strategy != "joint":
+            raise LiverError(f"{args.model or served}: the label server serves a joint model, not {model.strategy}")
     argv = start_server_args(app.resolve(), studies.resolve(), args.host, int(args.port), conf)
     if args.dryrun:
         argv.append("--dryrun")

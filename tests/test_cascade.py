@@ -1,0 +1,139 @@
+"""Model packages and the liver-then-lesion cascade of ``monai-liver infer``.
+
+The networks are untrained, with a segmentation head set to a constant (weights 0, one bias high),
+so what each stage predicts is known: the localiser says "liver" on every pixel, the joint model
+"hemangioma" on every pixel it sees. The cascade must then give: liver = the body's largest 3D
+piece (stage 1 inside the body), lesion of type hemangioma on exactly that liver (stage 2 within
+stage 1), on the input's own grid. Learning is checked by the demo's end-to-end check, not here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_liver.cli import main as cli_main
+from monai_liver.errors import LiverError
+from monai_liver.inference import infer as inf
+from monai_liver.inference.model import load_model
+from monai_liver.inference.predictor import BODY_HU
+from monai_liver.model_package import model_settings, read_settings, write_package
+
+CLASSES = ("cyst", "hemangioma", "metastasis")
+
+
+def _constant_model(path: Path, strategy: str, winner: int, image_size: int, roi_margin: int = 16) -> Path:
+    from monai_liver.networks.factory import build_network
+
+    torch.manual_seed(0)
+    net = build_network(strategy, n_classes=len(CLASSES), backbone="basicunet")
+    sd = net.state_dict()
+    head = "segmentation_head.0" if "segmentation_head.0.bias" in sd else "segmentation_head"  # FlexibleUNet / BasicUNet
+    sd[f"{head}.weight"].zero_()
+    sd[f"{head}.bias"].zero_()
+    sd[f"{head}.bias"][winner] = 8.0
+    settings = model_settings(strategy, image_size, "basicunet", CLASSES, roi_margin=roi_margin)
+    torch.save({"model": sd, "settings": settings}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pkg")
+    model = _constant_model(d / "joint.pt", "joint", 2 + CLASSES.index("hemangioma"), image_size=32)
+    localiser = _constant_model(d / "loc.pt", "lits_pretrain", 1, image_size=32, roi_margin=-1)
+    return write_package(d / "joint-lits", model, localiser, {"fold": "fold0"})
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> tuple[Path, Path]:
+    from monai_liver.data.phantoms import make_lits_phantoms
+
+    d = tmp_path_factory.mktemp("vol")
+    vol = make_lits_phantoms(d, n_volumes=1, shape=(64, 64, 12), seed=0)[0]  # LPS voxel order
+    return vol, d / "lesiontypes-0.nii.gz"
+
+
+def test_package_is_self_describing(package):
+    info = json.loads((package / "model.json").read_text())
+    assert info["settings"]["strategy"] == "joint" and info["settings"]["image_size"] == 32
+    assert info["settings"]["channels"] == ["background", "liver", *CLASSES]
+    assert info["settings"]["window"] == [-200.0, 250.0] and info["settings"]["roi_margin"] == 16
+    assert info["localiser"]["strategy"] == "lits_pretrain" and info["localiser"]["roi_margin"] == -1
+    assert read_settings(package)["backbone"] == "basicunet"
+    m = load_model(package, device="cpu")  # no size, no bundle: the package says it all
+    assert (m.image_size, m.class_names, m.roi_margin) == (32, CLASSES, 16)
+    with pytest.raises(LiverError, match="trained at image size 32, not 64"):
+        load_model(package, device="cpu", image_size=64)
+    with pytest.raises(LiverError, match="trained with classes"):
+        load_model(package, device="cpu", class_names=["a", "b", "c"])
+    with pytest.raises(LiverError, match="a liver localiser must be a lits_pretrain model"):
+        write_package(package.parent / "bad", package / "model.pt", package / "model.pt")
+
+
+def test_cascade_on_a_volume(package, volume, tmp_path, capsys):
+    vol, types = volume
+    assert types.is_file()  # the phantoms give every lesion's type
+    out = tmp_path / "out"
+    assert cli_main(["infer", str(vol), "--model", str(package), "--out", str(out), "--device", "cpu", "--no-overlays"]) == 0
+    assert "slice(s) processed" in capsys.readouterr().out
+    ref = nib.load(str(vol))
+    liver_img, lesion_img = nib.load(str(out / "liver.nii.gz")), nib.load(str(out / "lesion.nii.gz"))
+    for img in (liver_img, lesion_img):  # the input's own grid (LPS voxel order kept)
+        assert img.shape == ref.shape
+        np.testing.assert_allclose(img.affine, ref.affine, atol=1e-4)
+    liver = np.asanyarray(liver_img.dataobj) > 0
+    lesion = np.asanyarray(lesion_img.dataobj)
+    from scipy import ndimage
+
+    comps, _ = ndimage.label(np.asanyarray(ref.dataobj) > BODY_HU, np.ones((3, 3, 3), bool))
+    body = comps == np.bincount(comps[comps > 0]).argmax()
+    np.testing.assert_array_equal(liver, body)  # stage 1: "liver everywhere", kept to the body's largest piece
+    assert set(np.unique(lesion[liver])) == {1 + CLASSES.index("hemangioma")}  # stage 2 within stage 1
+    assert not lesion[~liver].any()
+    res = json.loads((out / "result.json").read_text())
+    assert res["localiser"].endswith("liver_model.pt") and "liver localiser" in res["liver_roi"]
+    assert res["model_settings"]["image_size"] == 32 and res["slices_processed"] == 12
+    assert {d["class"] for d in res["lesions"]} == {"hemangioma"}
+
+
+def test_volume_check_scores_the_output(package, volume, tmp_path):
+    from monai_liver.inference.volume_check import check_volume
+
+    vol, types = volume
+    seg = vol.with_name("segmentation-0.nii.gz")
+    f = check_volume(inf.load_models(package, device="cpu"), vol, seg, tmp_path / "chk", types)
+    ref = np.asanyarray(nib.load(str(seg)).dataobj)
+    n_ref = ndimage_count(ref >= 2)
+    # "hemangioma over the whole liver": every reference lesion is found, one predicted lesion
+    assert f["reference_lesions"] == n_ref and f["detected"] == n_ref and f["detection_recall"] == 1.0
+    assert 0 < f["liver_dice"] <= 1 and 0 < f["lesion_dice"] < 0.5
+    t = np.asanyarray(nib.load(str(types)).dataobj)
+    assert f["typed_lesions"] == n_ref and f["type_accuracy"] == pytest.approx(
+        np.mean([np.bincount(t[c][t[c] > 0]).argmax() == 2 for c in _components(ref >= 2)]))
+    assert json.loads((tmp_path / "chk" / "check.json").read_text()) == f
+
+
+def _components(mask):
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, np.ones((3, 3, 3), bool))
+    return [lab == i for i in range(1, n + 1)]
+
+
+def ndimage_count(mask) -> int:
+    return len(_components(mask))
+
+
+def test_export_of_a_package_keeps_its_settings(package, tmp_path):
+    from monai_liver.constants import bundles_dir
+    from monai_liver.inference.export import export
+
+    ts = export(bundles_dir() / "joint", package, tmp_path / "model.ts")
+    m = load_model(ts, device="cpu")
+    assert m.torchscript and m.image_size == 32 and m.settings["backbone"] == "basicunet"
