@@ -46,6 +46,7 @@ __all__ = [
     "LOCALISER_FILE",
     "MODEL_FILE",
     "SETTINGS_FILE",
+    "is_torchscript",
     "model_settings",
     "package_files",
     "read_settings",
@@ -124,12 +125,13 @@ def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return checkpoint_settings(model)
     except LiverError:
-        if _is_torchscript(model):
+        if is_torchscript(model):
             return {}
         raise
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``monai-liver export``) rather than a checkpoint."""
     import zipfile
 
     try:

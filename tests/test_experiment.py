@@ -39,7 +39,7 @@ def data(tmp_path_factory):
 
 def _cmd(out: Path, data: dict, epochs: int = 1) -> list[str]:
     return [sys.executable, "-m", "monai_liver", "experiment", "--out", str(out), "--datalist", str(data["lesions"]),
-            "--lits-datalist", str(data["lits"]), "--folds", "2", "--epochs", str(epochs), "--lits-epochs", "1", "--localiser-epochs", "1",
+            "--lits-datalist", str(data["lits"]), "--folds", "2", "--epochs", str(epochs), "--lits-epochs", "1", "--localiser-epochs", "1", "--localiser-image-size", "32",
             "--image-size", "32", "--batch-size", "4", "--max-slices", "4", "--inits", "scratch", "imagenet", "lits",
             "--no-download", "--device", "cpu", "--phantoms"]
 

@@ -233,7 +233,27 @@ def _check_dicom_folder(folder: Path) -> list:
     sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
     if len(sizes) > 1:
         raise LiverError(f"{folder}: DICOM slices have different sizes {sorted(sizes)}; expected one series.")
+    _check_even_slices(folder, headers)
     return headers
+
+
+def _check_even_slices(folder: Path, headers: list) -> None:
+    """LiverError unless the slices sit at evenly spaced, distinct positions along the slice normal
+    (as ITK's series reader requires): a partial export with gaps read as one volume would get one
+    uniform spacing, and every volume in ml and every 3D lesion would be wrong."""
+    if len(headers) < 3:
+        return
+    _, r, c, _ = _dicom_slice_geometry(headers[0])
+    n = np.cross(r, c)
+    pos = np.sort([float(np.dot(_dicom_slice_geometry(h)[0], n)) for h in headers])
+    gaps = np.diff(pos)
+    if gaps.min() < 1e-3:
+        raise LiverError(f"{folder}: two DICOM slices share one position ({pos[int(np.argmin(gaps))]:.2f} mm along the "
+                         "slice normal); a duplicated or mixed series cannot be read as one volume.")
+    if gaps.max() - gaps.min() > max(0.05 * float(np.median(gaps)), 0.01):
+        raise LiverError(f"{folder}: DICOM slice positions are not evenly spaced (gaps from {gaps.min():.2f} to "
+                         f"{gaps.max():.2f} mm: a partial export?); a 3D volume needs the complete series. "
+                         "Give the slices one by one as 2D files instead.")
 
 
 def _dicom_slice_geometry(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:

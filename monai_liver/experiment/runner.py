@@ -51,16 +51,16 @@ __all__ = ["PRESETS", "ExperimentResult", "bundles_dir", "run_experiment", "add_
 #: much per second as EfficientNet-B0 (benchmarks/bench_learning.py, README); batch 8 at lr 5e-3 with a
 #: cosine schedule learnt more per second than batch 16 at 2e-3 in the same benchmark.
 PRESETS: dict[str, dict] = {
-    "quick": {"folds": 2, "epochs": 10, "lits_epochs": 8, "localiser_epochs": 16, "image_size": 64, "batch_size": 8, "max_slices": 0,
+    "quick": {"folds": 2, "epochs": 10, "lits_epochs": 8, "localiser_epochs": 16, "localiser_image_size": 96, "image_size": 64, "batch_size": 8, "max_slices": 0,
               "learning_rate": 0.005, "val_interval": 5, "backbone": "basicunet",
               "num_workers": 0, "lits_volumes": 6, "lits_shape": (160, 160, 48), "isolation": "inprocess"},
-    "full": {"folds": 5, "epochs": 100, "lits_epochs": 50, "localiser_epochs": 50, "image_size": 256, "batch_size": 16, "max_slices": 0,
+    "full": {"folds": 5, "epochs": 100, "lits_epochs": 50, "localiser_epochs": 50, "localiser_image_size": 256, "image_size": 256, "batch_size": 16, "max_slices": 0,
              "learning_rate": 0.001, "backbone": "efficientnet-b0",
              "num_workers": 4, "lits_volumes": 20, "lits_shape": (256, 256, 64), "isolation": "subprocess"},
 }
 
 #: settings that must not change when an experiment folder is resumed
-_FIXED = ("folds", "epochs", "lits_epochs", "localiser_epochs", "image_size", "batch_size", "max_slices", "seed", "backbone", "data",
+_FIXED = ("folds", "epochs", "lits_epochs", "localiser_epochs", "localiser_image_size", "image_size", "batch_size", "max_slices", "seed", "backbone", "data",
           "lits_data")
 
 
@@ -487,6 +487,7 @@ def run_experiment(
     epochs: int | None = None,
     lits_epochs: int | None = None,
     localiser_epochs: int | None = None,
+    localiser_image_size: int | None = None,
     image_size: int | None = None,
     batch_size: int | None = None,
     max_slices: int | None = None,
@@ -532,7 +533,8 @@ def run_experiment(
         if p and not Path(p).exists():
             raise LiverError(f"{p}: file or folder not found")
     opts = _resolve_options(preset, folds=folds, epochs=epochs, lits_epochs=lits_epochs,
-                            localiser_epochs=localiser_epochs, image_size=image_size,
+                            localiser_epochs=localiser_epochs, localiser_image_size=localiser_image_size,
+                            image_size=image_size,
                             batch_size=batch_size, max_slices=max_slices, isolation=isolation,
                             backbone=backbone, learning_rate=learning_rate)
     if opts["isolation"] not in ("inprocess", "subprocess"):
@@ -547,8 +549,9 @@ def run_experiment(
     from monai_liver.networks.backbone import check_backbone
 
     check_backbone(str(opts["backbone"]))
-    if int(opts["image_size"]) % 32:
-        raise LiverError(f"--image-size must be a multiple of 32 (the encoder downsamples 5 times; got {opts['image_size']})")
+    for k in ("image_size", "localiser_image_size"):
+        if int(opts[k]) % 32 or int(opts[k]) < 32:
+            raise LiverError(f"--{k.replace('_', '-')} must be a multiple of 32 (the encoder downsamples 5 times; got {opts[k]})")
 
     bundles = bundles_dir()
     for s in [*strategies, PRETRAIN_STRATEGY]:
@@ -587,6 +590,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
     exp = {
         "preset": opts["preset"], "folds": int(opts["folds"]), "epochs": int(opts["epochs"]),
         "lits_epochs": int(opts["lits_epochs"]), "localiser_epochs": int(opts["localiser_epochs"]),
+        "localiser_image_size": int(opts["localiser_image_size"]),
         "image_size": int(opts["image_size"]),
         "batch_size": int(opts["batch_size"]), "max_slices": int(opts["max_slices"] or 0), "seed": int(opts["seed"]),
         "backbone": str(opts["backbone"]), "learning_rate": float(opts["learning_rate"]), "data": kind,
@@ -678,7 +682,8 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         # inference cascade (whole slices, every slice, best held-out liver Dice kept); both hold out
         # fold 0 of the LiTS datalist, whose figures go to pretrain/<name>/metrics.json and the report
         crop = {"epochs": int(opts["lits_epochs"]), "max_val_slices": 0}
-        whole = {"epochs": int(opts["localiser_epochs"]), "max_val_slices": 0, "roi_margin": -1, "only_liver_slices": False, "key_metric_name": "val_liver_dice",
+        whole = {"epochs": int(opts["localiser_epochs"]), "image_size": int(opts["localiser_image_size"]),
+                 "max_val_slices": 0, "roi_margin": -1, "only_liver_slices": False, "key_metric_name": "val_liver_dice",
                  "lesion_oversample": 1}
         for name, extra, key in ((PRETRAIN_STRATEGY, crop, "val_dice"), (LOCALISER, whole, "val_liver_dice")):
             _pretrain(out / "pretrain" / name, bundles / PRETRAIN_STRATEGY, key,
@@ -757,6 +762,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="training epochs per run")
     p.add_argument("--lits-epochs", type=int, help="epochs of the lits_pretrain bundle")
     p.add_argument("--localiser-epochs", type=int, help="epochs of the liver localiser (lits_pretrain on whole slices)")
+    p.add_argument("--localiser-image-size", type=int, help="input size of the liver localiser (whole slices; multiple of 32)")
     p.add_argument("--image-size", type=int, help="network input size in pixels (multiple of 32)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-slices", type=int, help="at most this many training slices per run (0: all)")
@@ -787,7 +793,7 @@ def main(args: argparse.Namespace) -> int:
     res = run_experiment(
         args.out, lits=args.lits, lits_datalist=args.lits_datalist, manifest=args.manifest, datalist=args.datalist,
         preset=args.preset or "quick", folds=args.folds, epochs=args.epochs, lits_epochs=args.lits_epochs,
-        localiser_epochs=args.localiser_epochs,
+        localiser_epochs=args.localiser_epochs, localiser_image_size=args.localiser_image_size,
         image_size=args.image_size, batch_size=args.batch_size, max_slices=args.max_slices, backbone=args.backbone,
         learning_rate=args.learning_rate, strategies=args.strategies,
         inits=args.inits, imagenet_weights=args.imagenet_weights, download=not args.no_download,

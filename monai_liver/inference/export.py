@@ -45,10 +45,15 @@ def export(
     from monai.bundle import ConfigParser, ckpt_export
 
     from monai_liver.engine.handlers import load_model
-    from monai_liver.model_package import package_files, read_settings
+    from monai_liver.model_package import is_torchscript, package_files, read_settings
 
     bundle, out = Path(bundle), Path(out)
     model = package_files(model)[0]
+    final_out = out if out.suffix else out.with_suffix(".ts")
+    if final_out.resolve() == model.resolve() or (final_out.exists() and not final_out.is_file()):
+        raise LiverError(f"{final_out}: --out must be a new file or an earlier export, not the checkpoint or a folder")
+    if final_out.is_file() and not is_torchscript(final_out):
+        raise LiverError(f"{final_out}: exists and is not a TorchScript export; refusing to overwrite it")
     settings = read_settings(model)
     cfg, meta = bundle / "configs" / "inference.json", bundle / "configs" / "metadata.json"
     if not cfg.is_file():

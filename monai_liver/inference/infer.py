@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +41,8 @@ from monai_liver.inference.predictor import Predictor, lesion_components
 
 __all__ = ["infer", "load_models", "add_arguments", "main"]
 
+#: DICOM SOP class of a CT image (for series whose SOPClassUID is empty)
+_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _TYPE_COLOURS = ("#00c8ff", "#ff40ff", "#ff3030", "#ffd000", "#40ff40", "#ff8000")
 
 
@@ -149,6 +153,11 @@ def _write_dicom_seg(sources, liver: np.ndarray, labels: np.ndarray, lesion_type
         frames.append(f)
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet  # empty value (seen in real series): highdicom rejects it, absent = default
+        meta = getattr(ds, "file_meta", None)
+        if not str(ds.get("SOPClassUID", "") or ""):  # empty in some real exports: the file meta says it, else CT
+            ds.SOPClassUID = str(getattr(meta, "MediaStorageSOPClassUID", "") or "") or _CT_IMAGE_STORAGE
+        if not str(ds.get("SOPInstanceUID", "") or ""):
+            ds.SOPInstanceUID = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "") or hd.UID()
         datasets.append(ds)
     algo = hd.AlgorithmIdentificationSequence(name="monai_liver", version=__version__,
                                               family=codes.cid7162.ArtificialIntelligence)
@@ -172,6 +181,26 @@ def _write_dicom_seg(sources, liver: np.ndarray, labels: np.ndarray, lesion_type
         raise LiverError(f"{out}: cannot write a DICOM SEG over this series ({type(e).__name__}: {str(e)[:200]})") from None
     seg.save_as(str(out))
     return out
+
+
+#: plausible CT voxel sizes (mm): in-plane, and between slices of a 3D volume
+PIXEL_MM = (0.1, 10.0)
+SLICE_MM = (0.1, 20.0)
+
+
+def _check_geometry(hu: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """LiverError for a grid no CT scanner writes (the figures in ml and mm would be silently wrong)."""
+    if hu.shape[0] < 8 or hu.shape[1] < 8:
+        raise LiverError(f"{path}: image of shape {tuple(hu.shape)} (RAS) is not a stack of axial slices "
+                         "(an in-plane axis has fewer than 8 voxels); is the file's orientation right?")
+    spacing = [float(np.linalg.norm(affine[:3, i])) for i in range(3)]
+    for axis, mm in zip("xy", spacing[:2]):
+        if not PIXEL_MM[0] <= mm <= PIXEL_MM[1]:
+            raise LiverError(f"{path}: {axis} pixel spacing {mm:g} mm is not a CT's ({PIXEL_MM[0]:g} to {PIXEL_MM[1]:g} mm); "
+                             "check the file's header (affine / PixelSpacing)")
+    if hu.shape[2] > 1 and not SLICE_MM[0] <= spacing[2] <= SLICE_MM[1]:
+        raise LiverError(f"{path}: slice spacing {spacing[2]:g} mm is not a CT's ({SLICE_MM[0]:g} to {SLICE_MM[1]:g} mm); "
+                         "check the file's header (affine / slice positions)")
 
 
 def _check_ct(hu: np.ndarray, path: Path) -> None:
@@ -210,6 +239,42 @@ def load_models(
                      min_lesion_mm3=MIN_LESION_MM3 if min_lesion_mm3 is None else min_lesion_mm3)
 
 
+def _check_out(out: Path, input: Path) -> None:
+    """LiverError before any work for an ``--out`` that cannot take the result."""
+    if out.exists() and not out.is_dir():
+        raise LiverError(f"{out}: --out is an existing file; give a folder (it is replaced by the new result)")
+    if out.resolve() == input.resolve() or input.resolve() in out.resolve().parents or out.resolve() in input.resolve().parents:
+        raise LiverError(f"{out}: --out must not be the input or hold it ({input}); give another folder")
+    parent = out if out.is_dir() else out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.is_dir() and not os.access(out.parent, os.W_OK | os.X_OK)):
+        raise LiverError(f"{out}: cannot write there (permission denied)")
+
+
+def _staging_dir(out: Path) -> Path:
+    """An empty folder beside ``out`` where the outputs are written before they replace ``out``."""
+    import tempfile
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise LiverError(f"{out}: cannot write there ({e.strerror or e})") from None
+
+
+def _swap_into_place(staged: Path, out: Path) -> None:
+    """Replace ``out`` by ``staged`` (renames in one folder): ``out`` then holds only the new result;
+    an earlier result is removed only after the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staged, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def infer(
     input: str | Path,
     out: str | Path,
@@ -232,10 +297,12 @@ def infer(
     from monai_liver.data.io import is_dicom, load_ct, load_mask
 
     input, out = Path(input), Path(out)
+    _check_out(out, input)
     if input.is_dir() and not any(input.iterdir()):
         raise LiverError(f"{input}: empty folder (expected a DICOM series)")
     hu, affine = load_ct(input)
     _check_ct(hu, input)
+    _check_geometry(hu, affine, input)
     if dicom_seg and not is_dicom(input):
         raise LiverError(f"{input}: --dicom-seg needs a DICOM input (a DICOM file or series folder)")
     if loaded is None:
@@ -254,60 +321,67 @@ def infer(
     for lab, t in lesion_types.items():
         lesion_map[labels == lab] = (t + 1) if classify else 1
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "lesion": _save_like_input(lesion_map, affine, input, out / "lesion.nii.gz"),
-        "liver": _save_like_input(pred.liver.astype(np.uint8), affine, input, out / "liver.nii.gz"),
-    }
-    sources = _dicom_sources(input, affine) if is_dicom(input) else []
-    sop_of = {k: str(ds.SOPInstanceUID) for ds, k in sources if "SOPInstanceUID" in ds}
-    px_mm2 = float(np.linalg.norm(affine[:3, 0]) * np.linalg.norm(affine[:3, 1]))
-    slices = []
-    for k in pred.slices:
-        n_les = int(pred.lesion[:, :, k].sum())
-        s = {"slice": k, "liver_area_mm2": round(float(pred.liver[:, :, k].sum()) * px_mm2, 1),
-             "lesion_pixels": n_les, "lesion_area_mm2": round(n_les * px_mm2, 1),
-             "lesions": sorted(int(v) for v in np.unique(labels[:, :, k]) if v > 0)}
-        if k in sop_of:
-            s["sop_instance_uid"] = sop_of[k]
-        if classify and n_les:
-            if k in pred.type_prob:
-                p = pred.type_prob[k][:, pred.lesion[:, :, k]].astype(float).mean(1)
-            else:
-                p = pred.slice_prob[k]
-            s["class"] = loaded.class_names[int(np.argmax(p))]
-            s["class_probabilities"] = {c: round(float(x), 4) for c, x in zip(loaded.class_names, p)}
-        slices.append(s)
-        if overlays and n_les:
-            title = f"slice {k}: " + ", ".join(
-                f"#{d['id']} {d.get('class', 'lesion')} {d['max_diameter_mm']:.0f} mm" for d in lesions if k in d["slices"])
-            files[f"overlay_{k}"] = _overlay(hu[:, :, k], pred.liver[:, :, k], labels[:, :, k], lesion_types,
-                                             loaded.class_names, title, out / "overlays" / f"slice_{k:03d}.png", loaded.window)
-    if dicom_seg:
-        files["dicom_seg"] = _write_dicom_seg(sources, pred.liver, labels, lesion_types, loaded.class_names, affine, out / "seg.dcm")
-    result = {
-        "input": str(input),
-        "bundle": loaded.bundle,
-        "model": loaded.model_path,
-        "strategy": loaded.strategy,
-        "classes": list(loaded.class_names) if classify else [],
-        "lesion_label_values": ({str(i + 1): c for i, c in enumerate(loaded.class_names)} if classify else {"1": "lesion"}),
-        "shape_ras": list(hu.shape),
-        "spacing_mm": [round(float(np.linalg.norm(affine[:3, i])), 4) for i in range(3)],
-        "liver_roi": "given: " + str(liver) if liver else pred.liver_source,
-        "localiser": predictor.localiser.model_path if predictor.localiser is not None else None,
-        "model_settings": loaded.settings,
-        "slices_processed": len(pred.slices),
-        "liver_volume_ml": round(float(pred.liver.sum()) * abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0, 3),
-        "slices": slices,
-        "lesions": lesions,
-        "files": {k: str(Path(v).relative_to(out)) for k, v in files.items()},
-        "note": "slice = axial index k of the RAS canonical array (inferior to superior); "
-                "not a diagnostic device, and a model trained on phantoms says nothing about patients",
-    }
-    tmp = out / ".result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "result.json")
+    final, out = out, _staging_dir(out)
+    try:
+        files = {
+            "lesion": _save_like_input(lesion_map, affine, input, out / "lesion.nii.gz"),
+            "liver": _save_like_input(pred.liver.astype(np.uint8), affine, input, out / "liver.nii.gz"),
+        }
+        sources = _dicom_sources(input, affine) if is_dicom(input) else []
+        sop_of = {k: str(ds.SOPInstanceUID) for ds, k in sources if "SOPInstanceUID" in ds}
+        px_mm2 = float(np.linalg.norm(affine[:3, 0]) * np.linalg.norm(affine[:3, 1]))
+        slices = []
+        for k in pred.slices:
+            n_les = int(pred.lesion[:, :, k].sum())
+            s = {"slice": k, "liver_area_mm2": round(float(pred.liver[:, :, k].sum()) * px_mm2, 1),
+                 "lesion_pixels": n_les, "lesion_area_mm2": round(n_les * px_mm2, 1),
+                 "lesions": sorted(int(v) for v in np.unique(labels[:, :, k]) if v > 0)}
+            if k in sop_of:
+                s["sop_instance_uid"] = sop_of[k]
+            if classify and n_les:
+                if k in pred.type_prob:
+                    p = pred.type_prob[k][:, pred.lesion[:, :, k]].astype(float).mean(1)
+                else:
+                    p = pred.slice_prob[k]
+                s["class"] = loaded.class_names[int(np.argmax(p))]
+                s["class_probabilities"] = {c: round(float(x), 4) for c, x in zip(loaded.class_names, p)}
+            slices.append(s)
+            if overlays and n_les:
+                title = f"slice {k}: " + ", ".join(
+                    f"#{d['id']} {d.get('class', 'lesion')} {d['max_diameter_mm']:.0f} mm" for d in lesions if k in d["slices"])
+                files[f"overlay_{k}"] = _overlay(hu[:, :, k], pred.liver[:, :, k], labels[:, :, k], lesion_types,
+                                                 loaded.class_names, title, out / "overlays" / f"slice_{k:03d}.png", loaded.window)
+        if dicom_seg:
+            files["dicom_seg"] = _write_dicom_seg(sources, pred.liver, labels, lesion_types, loaded.class_names, affine, out / "seg.dcm")
+        result = {
+            "input": str(input),
+            "bundle": loaded.bundle,
+            "model": loaded.model_path,
+            "strategy": loaded.strategy,
+            "classes": list(loaded.class_names) if classify else [],
+            "lesion_label_values": ({str(i + 1): c for i, c in enumerate(loaded.class_names)} if classify else {"1": "lesion"}),
+            "shape_ras": list(hu.shape),
+            "spacing_mm": [round(float(np.linalg.norm(affine[:3, i])), 4) for i in range(3)],
+            "liver_roi": "given: " + str(liver) if liver else pred.liver_source,
+            "localiser": predictor.localiser.model_path if predictor.localiser is not None else None,
+            "model_settings": loaded.settings,
+            "slices_processed": len(pred.slices),
+            "liver_volume_ml": round(float(pred.liver.sum()) * abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0, 3),
+            "slices": slices,
+            "lesions": lesions,
+            "files": {k: str(Path(v).relative_to(out)) for k, v in files.items()},
+            "note": "slice = axial index k of the RAS canonical array (inferior to superior); "
+                    "not a diagnostic device, and a model trained on phantoms says nothing about patients",
+        }
+        tmp = out / ".result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out / "result.json")
+        _swap_into_place(out, final)
+    except BaseException as e:
+        shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, LiverError):  # name the user's folder, not the staging one
+            raise LiverError(str(e).replace(str(out), str(final))) from None
+        raise
     return result
 
 

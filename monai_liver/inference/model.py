@@ -18,7 +18,7 @@ from typing import Any
 
 from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY, bundles_dir
 from monai_liver.errors import LiverError
-from monai_liver.model_package import _is_torchscript, package_files, read_settings
+from monai_liver.model_package import is_torchscript, package_files, read_settings
 
 __all__ = ["SEGMENTING", "LoadedModel", "load_model", "load_bundle_model"]
 
@@ -109,7 +109,7 @@ def load_model(
         if not model.is_file():
             raise LiverError(f"{model}: no trained model found (train the bundle, or pass --model <model.pt or package folder>)")
     model_file, _ = package_files(model)
-    torchscript = _is_torchscript(model_file)
+    torchscript = is_torchscript(model_file)
     settings = _torchscript_settings(model_file) if torchscript else read_settings(model_file)
     defaults = _bundle_defaults(Path(bundle)) if bundle else {}
     if bundle and settings.get("strategy") and defaults.get("strategy") != settings["strategy"]:
