@@ -192,6 +192,63 @@ def test_next_sample(label_server) -> None:
     assert json.loads(body)["id"] in {"phantom", "real_ct"}
 
 
+def test_path_tricks_and_model_upload_are_refused(label_server, tmp_path) -> None:
+    """The requests that once read, wrote or deleted files outside the studies folder, or replaced
+    the served model, are answered 400 / 403 / 404 before MONAI Label sees them; nothing changes."""
+    import requests
+
+    url = label_server["url"]
+    victim = label_server["work"] / "victim"
+    victim.mkdir(exist_ok=True)
+    precious = victim / "precious.nii.gz"
+    precious.write_bytes(b"precious")
+    outside = tmp_path / "outside"
+    served = label_server["studies"] / ".monai_liver_label" / "app" / "model" / "joint" / "models" / "model.pt"
+    before = {p: p.read_bytes() for p in (precious, served)}
+    blob = {"file": ("x.nii.gz", b"not a study")}
+    cases = [
+        ("put", "/datastore/image?image=../victim/precious", blob, 400),
+        ("delete", "/datastore/image?id=../victim/precious", None, 400),
+        ("put", f"/datastore/label?image=phantom&tag=../../../../..{outside}", {"label": ("l.nii.gz", b"x")}, 400),
+        ("put", f"/datastore/image?image=../../..{outside}", blob, 400),
+        ("post", f"/infer/joint?image={label_server['studies'] / 'phantom.nii.gz'}", None, 400),
+        ("post", "/infer/joint?image=no_such_study", None, 404),
+        ("put", "/model/joint", {"file": ("model.pt", b"evil")}, 403),
+        ("get", "/proxy/dicom/studies", None, 404),
+    ]
+    for method, path, files, status in cases:
+        r = getattr(requests, method)(url + path, files=files, timeout=60)
+        assert r.status_code == status, (method, path, r.status_code, r.text[:300])
+    assert _get(url + "/info/")["name"] == "monai_liver"  # still serving
+    assert {p: p.read_bytes() for p in before} == before and not outside.exists()
+
+
+def test_guard_rules_and_token() -> None:
+    from monai_liver.label_app.guard import check_request
+
+    ids = lambda: ["phantom"]  # noqa: E731
+    ok = {"authorization": "Bearer s3cret-s3cret-s3cret"}
+    assert check_request("GET", "/info/", {}, {}, "s3cret-s3cret-s3cret", ids)[0] == 401
+    assert check_request("GET", "/info/", {}, {"authorization": "Bearer wrong"}, "s3cret-s3cret-s3cret", ids)[0] == 401
+    assert check_request("GET", "/info/", {}, ok, "s3cret-s3cret-s3cret", ids) is None
+    assert check_request("POST", "/infer/joint", {"image": ["phantom"]}, ok, "s3cret-s3cret-s3cret", ids) is None
+    assert check_request("PUT", "/datastore/image", {"image": ["new_study"]}, {}, None, ids) is None  # adds a study
+    assert check_request("GET", "/datastore/image", {"image": [".."]}, {}, None, ids)[0] == 400
+    assert check_request("POST", "/infer/..%2f..", {}, {}, None, ids)[0] == 400
+
+
+def test_server_off_loopback_needs_a_token(tmp_path, capsys) -> None:
+    from monai_liver.cli import main
+
+    args = ["label-server", "--studies", str(tmp_path / "studies"), "--dryrun"]
+    assert main([*args, "--host", "0.0.0.0"]) == 2
+    assert "needs --token-file" in capsys.readouterr().err
+    short = tmp_path / "token"
+    short.write_text("abc\n")
+    assert main([*args, "--host", "0.0.0.0", "--token-file", str(short)]) == 2
+    assert "at least 16 characters" in capsys.readouterr().err
+
+
 def test_train_fine_tunes_served_model(label_server, tmp_path) -> None:
     """Annotate the phantom (its lesions typed metastasis: value 4), train one epoch, and check the
     served model was replaced by the fine-tuned one."""

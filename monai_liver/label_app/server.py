@@ -98,6 +98,18 @@ def prepare_app_dir(workdir: str | os.PathLike, bundle: str | os.PathLike, model
     return app
 
 
+def read_token(path: str | os.PathLike) -> str:
+    """The shared secret in ``path`` (surrounding whitespace removed); LiverError when missing or short."""
+    path = Path(path)
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise LiverError(f"{path}: cannot read the token file ({e.strerror or e})") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise LiverError(f"{path}: the token must be one word of at least 16 characters")
+    return token
+
+
 def start_server_args(
     app: str | os.PathLike,
     studies: str | os.PathLike,
@@ -106,7 +118,8 @@ def start_server_args(
     conf: dict[str, str] | None = None,
 ) -> list[str]:
     """The ``monailabel start_server`` argument list for the app folder."""
-    args = ["start_server", "--app", str(app), "--studies", str(studies), "--host", host, "--port", str(port)]
+    args = ["start_server", "--app", str(app), "--studies", str(studies), "--host", host, "--port", str(port),
+            "--uvicorn_app", "monai_liver.label_app.guard:app"]  # MONAI Label's app behind the request guard
     for key, value in (conf or {}).items():
         args += ["--conf", str(key), str(value)]
     return args
@@ -123,7 +136,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bundle", default=None, help="joint bundle folder (default: bundles/joint of the source tree)")
     parser.add_argument("--workdir", default=None, help="working folder (default: <studies>/.monai_liver_label)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 in Docker)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; anything else needs --token-file)")
+    parser.add_argument("--token-file", default=None, help="file holding a shared secret (at least 16 characters): every "
+                        "request must then send 'Authorization: Bearer <secret>'; required unless --host is a loopback address")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument(
         "--conf",
@@ -142,6 +157,15 @@ def main(args: argparse.Namespace) -> int:
         raise LiverError(f"{studies}: --studies must be a folder of CT studies")
     if not 0 < int(args.port) < 65536:
         raise LiverError(f"--port {args.port}: not a TCP port (1..65535)")
+    token = read_token(args.token_file) if args.token_file else None
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        raise LiverError(f"--host {args.host}: a server others can reach needs --token-file (a shared secret), "
+                         "or MONAI Label's Keycloak settings behind a proxy; see README 'Security'")
+    from monai_liver.label_app.guard import TOKEN_ENV
+
+    os.environ.pop(TOKEN_ENV, None)
+    if token:
+        os.environ[TOKEN_ENV] = token  # read by the guard (monai_liver.label_app.guard) in this process
     from monai_liver.label_app import compat
 
     compat.install()  # before MONAI Label's app is imported (uvicorn imports it in this process)
