@@ -45,7 +45,7 @@ from monai_liver.errors import LiverError
 
 __all__ = ["PRESETS", "ExperimentResult", "bundles_dir", "run_experiment", "add_arguments", "main"]
 
-#: Scale presets. ``quick``: CPU, every strategy x {scratch, lits} x 2 folds in about 10 minutes on 2 cores
+#: Scale presets. ``quick``: CPU, every strategy x {scratch, lits} x 2 folds (+ the liver localiser) in about 11 minutes on 2 cores
 #: (phantoms); ``full``: the paper's scale (all 332 slices, 5 folds, 256 px) for a GPU.
 #: quick uses MONAI's BasicUNet (16..256 features, instance norm): on 2 CPU cores it learnt about twice as
 #: much per second as EfficientNet-B0 (benchmarks/bench_learning.py, README); batch 8 at lr 5e-3 with a
