@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def test_read_manifest_semicolon_case_and_slice(tmp_path):
 
 def test_manifest_folds_grouped_stratified_and_deterministic(tmp_path):
     # one patient with two classes: must still be in one fold
-    extra = [["P00", "images/P10_0.nii.gz", "liver/P10_0.nii.gz", "lesion/P10_0.nii.gz", "hemangioma"]]
+    extra = [["P00", "images/P00_x.nii.gz", "liver/P00_x.nii.gz", "lesion/P00_x.nii.gz", "hemangioma"]]
+    for sub in ("images", "liver", "lesion"):
+        _nii(tmp_path / sub / "P00_x.nii.gz", np.zeros((6, 6), np.int16 if sub == "images" else np.uint8))
     csv_path = make_manifest(tmp_path, patients_per_class=5, slices=3, extra_rows=extra)
     dl = datalist_from_manifest(csv_path, n_folds=4, seed=0)
     items = dl["training"]
@@ -189,8 +192,9 @@ def test_cli_datalist_prints_summary(tmp_path, capsys):
 
 
 def test_cli_custom_classes(tmp_path, capsys):
-    _nii(tmp_path / "a.nii.gz", np.zeros((4, 4), np.int16))
-    lines = ["patient_id,image,liver,lesion,label"] + [f"p{i},a.nii.gz,a.nii.gz,a.nii.gz,{'benign' if i % 2 else 'malignant'}"
+    for i in range(4):  # one slice per row (a repeated image and slice is refused)
+        _nii(tmp_path / f"a{i}.nii.gz", np.zeros((4, 4), np.int16))
+    lines = ["patient_id,image,liver,lesion,label"] + [f"p{i},a{i}.nii.gz,a{i}.nii.gz,a{i}.nii.gz,{'benign' if i % 2 else 'malignant'}"
                                                        for i in range(4)]
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "dl.json"
@@ -262,3 +266,35 @@ def test_cli_bad_msd_json(tmp_path, capsys):
     (tmp_path / "dataset.json").write_text('{"name": "x"}')
     assert cli(["datalist", "--msd", str(tmp_path / "dataset.json"), "--out", str(tmp_path / "x.json")]) == 2
     _one_error_line(capsys, "dataset.json", "no \"training\" list")
+
+
+# ---------------------------------------------------------------- rows that would mislead (issue 14)
+
+
+def test_manifest_outside_duplicates_and_conflicting_types(tmp_path, capsys):
+    from monai_liver.cli import main as cli_main
+
+    data = tmp_path / "data"
+    csv_path = make_manifest(data, patients_per_class=1, slices=2)
+    lines = csv_path.read_text().splitlines()
+    out = str(tmp_path / "dl.json")
+    # a path outside the manifest's folder: refused unless --allow-outside
+    outside = tmp_path / "elsewhere.nii.gz"
+    shutil.copy(data / "images" / "P00_0.nii.gz", outside)
+    (data / "outside.csv").write_text("\n".join([lines[0], lines[1].replace("images/P00_0.nii.gz", "../elsewhere.nii.gz"),
+                                                 *lines[2:]]) + "\n")
+    assert cli_main(["datalist", "--manifest", str(data / "outside.csv"), "--out", out, "--folds", "2"]) == 2
+    _one_error_line(capsys, "lies outside the manifest's folder", "--allow-outside")
+    assert not Path(out).exists()
+    assert cli_main(["datalist", "--manifest", str(data / "outside.csv"), "--out", out, "--folds", "2", "--allow-outside"]) == 0
+    capsys.readouterr()
+    # a repeated row would count twice
+    (data / "dup.csv").write_text("\n".join([*lines, lines[1]]) + "\n")
+    assert cli_main(["datalist", "--manifest", str(data / "dup.csv"), "--out", out, "--folds", "2"]) == 2
+    _one_error_line(capsys, "repeats line 2")
+    # one patient with two types: accepted, with a warning naming the patient
+    first = lines[1].split(",")
+    other = [first[0], *lines[-1].split(",")[1:]]  # patient of row 1, files and type of the last row
+    (data / "mixed.csv").write_text("\n".join([*lines[:-1], ",".join(other)]) + "\n")
+    assert cli_main(["datalist", "--manifest", str(data / "mixed.csv"), "--out", out, "--folds", "2"]) == 0
+    assert f"warning: patient {first[0]} has slices of 2 lesion types" in capsys.readouterr().out

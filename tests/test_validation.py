@@ -257,3 +257,19 @@ def test_real_dicom_series_with_las_mask(real_dir):
     problems = validate_datalist(dl)
     assert [(p.level, p.path) for p in problems] == [("error", str(real_dir / "totalseg_dicom/liver.nii.gz"))]
     assert "mask shape (512, 512, 20) differs from the image's (122, 101, 30)" in problems[0].message
+
+
+def test_rows_that_mislead(tmp_path):
+    """A path outside the dataset folder and a repeated item are errors; a patient with two lesion
+    types is a warning (issue 14)."""
+    from monai_liver.data.validation import validate_datalist
+
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    item = {"image": "a.nii.gz", "liver": "a.nii.gz", "lesion": "a.nii.gz", "label": "cyst", "patient_id": "P", "fold": 0}
+    dl = {"dataset_dir": str(tmp_path), "classes": ["cyst", "metastasis"], "n_folds": 2, "training": [
+        item, dict(item), {**item, "image": "../../etc/passwd", "patient_id": "Q", "fold": 1},
+        {**item, "image": "b.nii.gz", "label": "metastasis"}]}
+    problems = [str(p) for p in validate_datalist(dl, check_geometry=False)]
+    assert any("repeats item 0" in p for p in problems), problems
+    assert any("'../../etc/passwd' lies outside the dataset folder" in p for p in problems), problems
+    assert any(p.startswith("WARN") and "patient P" in p and "2 lesion types" in p for p in problems), problems

@@ -195,14 +195,15 @@ def datalist_from_msd(dataset_json: str | os.PathLike, n_folds: int = 5, seed: i
 
 
 def datalist_from_manifest(
-    csv: str | os.PathLike, n_folds: int = 5, seed: int = 0, class_names: Sequence[str] | str | None = None
+    csv: str | os.PathLike, n_folds: int = 5, seed: int = 0, class_names: Sequence[str] | str | None = None,
+    allow_outside: bool = False,
 ) -> dict:
     """Datalist for a lesion-type CSV manifest (see ``data.manifest``): one item per row, paths
     relative to the CSV's folder (= ``dataset_dir``), folds grouped by patient, stratified by class."""
     from monai_liver.data.manifest import normalise_class_names, read_manifest
 
     classes = normalise_class_names(class_names)
-    rows = read_manifest(csv, classes)
+    rows = read_manifest(csv, classes, allow_outside=allow_outside)
     base = Path(csv).parent
     items = []
     for r in rows:
@@ -294,6 +295,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the fold split (default 0)")
     parser.add_argument("--classes", default=None, help="manifest class names, comma-separated "
                         "(default cyst,hemangioma,metastasis)")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="manifest: accept image and mask paths outside the manifest's folder")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -304,8 +307,14 @@ def main(args: argparse.Namespace) -> int:
     elif args.msd:
         dl = datalist_from_msd(args.msd, args.folds, args.seed)
     else:
-        dl = datalist_from_manifest(args.manifest, args.folds, args.seed, args.classes)
+        dl = datalist_from_manifest(args.manifest, args.folds, args.seed, args.classes, args.allow_outside)
     out = write_datalist(dl, args.out)
     print(summarise(dl))
+    if args.manifest:
+        from monai_liver.data.manifest import conflicting_types
+
+        for patient, types in conflicting_types(dl["training"]).items():
+            print(f"warning: patient {patient} has slices of {len(types)} lesion types ({', '.join(types)}); "
+                  "check the manifest if that is not intended")
     print(f"wrote {out}")
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from monai_liver.constants import DEFAULT_CLASSES
 from monai_liver.errors import LiverError
 
-__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "PATH_COLUMNS", "read_manifest", "normalise_class_names"]
+__all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "PATH_COLUMNS", "conflicting_types", "read_manifest", "normalise_class_names"]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "image", "liver", "lesion", "label")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("slice",)
@@ -62,7 +62,8 @@ def _parse_slice(value: str, where: str) -> int | None:
 
 
 def read_manifest(
-    csv_path: str | os.PathLike, class_names: Sequence[str] | str | None = None, check_files: bool = True
+    csv_path: str | os.PathLike, class_names: Sequence[str] | str | None = None, check_files: bool = True,
+    allow_outside: bool = False,
 ) -> list[dict]:
     """Read a lesion-type manifest.
 
@@ -71,6 +72,7 @@ def read_manifest(
         class_names: allowed class names (default ``DEFAULT_CLASSES``); matched case-insensitively,
             returned in the spelling given here.
         check_files: also check that every referenced file exists (cheap, no image is read).
+        allow_outside: accept paths that lie outside the manifest's folder (absolute ones or ``..``).
 
     Returns:
         one dict per row: ``{"patient_id": str, "image": str, "liver": str, "lesion": str,
@@ -78,7 +80,9 @@ def read_manifest(
 
     Raises:
         LiverError: naming the file (and line) for a missing column, an empty manifest, an empty
-        cell, an unknown class name, a bad slice value or a missing file.
+        cell, an unknown class name, a bad slice value, a missing file, a path outside the
+        manifest's folder (unless ``allow_outside``) or a row that repeats an earlier one (same
+        image and slice: it would count twice).
     """
     path = Path(csv_path)
     names = normalise_class_names(class_names)
@@ -105,6 +109,7 @@ def read_manifest(
     col = {c: header.index(c) for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in header}
     base = path.parent.resolve()
     items: list[dict] = []
+    seen: dict[tuple, int] = {}
     for row in reader:
         if not any(cell.strip() for cell in row):
             continue  # blank line
@@ -125,13 +130,31 @@ def read_manifest(
             p = Path(item[c]).expanduser()
             p = p if p.is_absolute() else base / p
             item[c] = os.path.normpath(str(p))
+            if not allow_outside and os.path.commonpath([item[c], str(base)]) != str(base):
+                raise LiverError(f"{where}: {c} path {row[col[c]].strip()!r} lies outside the manifest's folder {base} "
+                                 "(use --allow-outside if the data really lives elsewhere)")
             if check_files and not os.path.exists(item[c]):
                 raise LiverError(f"{item[c]}: file not found (listed in {where}, column '{c}')")
         if "slice" in col:
             s = _parse_slice(row[col["slice"]], where)
             if s is not None:
                 item["slice"] = s
+        key = (item["image"], item.get("slice"))
+        if key in seen:
+            raise LiverError(f"{where}: repeats line {seen[key]} (same image and slice); each slice must be listed once")
+        seen[key] = reader.line_num
         items.append(item)
     if not items:
         raise LiverError(f"{path}: the manifest has a header but no rows (expected one row per slice)")
     return items
+
+
+def conflicting_types(items: Sequence[dict]) -> dict[str, list[str]]:
+    """Patients whose slices carry more than one lesion type: ``{patient_id: sorted types}``. Not an
+    error (a patient may have a cyst and a metastasis), but worth a look: a typo in one row looks
+    the same."""
+    types: dict[str, set] = {}
+    for it in items:
+        if it.get("label") is not None:
+            types.setdefault(str(it["patient_id"]), set()).add(str(it["label"]))
+    return {p: sorted(t) for p, t in types.items() if len(t) > 1}

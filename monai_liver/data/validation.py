@@ -321,6 +321,32 @@ def _check_item_masks(report: _Report, loader: _Loader, it: dict, idx: int, imag
         report.warn(masks["liver"][0], f"liver mask is empty on slice {k}")
 
 
+def _check_rows(report: _Report, usable: list[tuple[int, dict]], base: str, where: str, classes) -> None:
+    """Rows that mislead without failing: paths outside the dataset folder, an item listed twice
+    (same image and slice: counted twice), a patient with several lesion types (a warning)."""
+    from monai_liver.data.manifest import conflicting_types
+
+    root = os.path.normpath(os.path.abspath(base))
+    seen: dict[tuple, int] = {}
+    for i, it in usable:
+        for key in ("image", "label", "liver", "lesion"):
+            value = it.get(key)
+            if key == "label" and "liver" in it:
+                continue  # a manifest item's label is its lesion type, not a file
+            if isinstance(value, str) and value:
+                path = os.path.normpath(os.path.join(root, value))
+                if os.path.commonpath([path, root]) != root:
+                    report.error(f"{where} item {i}", f"{key} path {value!r} lies outside the dataset folder {root}")
+        k = (os.path.normpath(os.path.join(root, str(it["image"]))), it.get("slice"))
+        if k in seen:
+            report.error(f"{where} item {i}", f"repeats item {seen[k]} (same image and slice): it would count twice")
+        else:
+            seen[k] = i
+    typed = [it for _, it in usable if "liver" in it and it.get("label") in (classes or ())]
+    for patient, types in conflicting_types(typed).items():
+        report.warn(f"{where} patient {patient}", f"slices of {len(types)} lesion types ({', '.join(types)})")
+
+
 def validate_datalist(path_or_dict, dataset_dir: str | os.PathLike | None = None,
                       check_geometry: bool = True) -> list[Problem]:
     """Check a datalist (a JSON path or a dict as ``data.datalist`` builds them) and its files.
@@ -346,6 +372,7 @@ def validate_datalist(path_or_dict, dataset_dir: str | os.PathLike | None = None
     groups: dict[str, list[tuple[int, dict]]] = defaultdict(list)
     for i, it in usable:
         groups[os.path.normpath(os.path.join(base, str(it["image"])))].append((i, it))
+    _check_rows(report, usable, base, where, classes)
 
     if not check_geometry:
         for image_path, members in groups.items():
