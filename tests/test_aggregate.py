@@ -172,3 +172,17 @@ def test_bad_inputs(tmp_path):
     (d / "eval" / "per_slice.csv").write_text("patient_id,true_cls\nA,cyst\n")
     with pytest.raises(LiverError, match=r"per_slice\.csv: missing column"):
         agg.aggregate(tmp_path)
+
+
+def test_rows_that_disagree_with_their_run_are_marked_inconsistent(tmp_path):
+    """A run whose per_slice.csv no longer gives its own metrics.json (edited, overwritten) is not
+    reported as done (issue 14)."""
+    good = _write_run(tmp_path, "joint", "lits", 0, JOINT_F0)
+    (good / "eval" / "metrics.json").write_text(json.dumps({"n_slices": 3, "dice": 0.6, "acc": 2 / 3}))
+    bad = _write_run(tmp_path, "joint", "scratch", 0, JOINT_F0)
+    (bad / "eval" / "metrics.json").write_text(json.dumps({"n_slices": 3, "dice": 0.75, "acc": 2 / 3}))
+    (tmp_path / "experiment.json").write_text(json.dumps({"folds": 1, "strategies": ["joint"], "inits": ["scratch", "lits"]}))
+    agg.aggregate(tmp_path, n_boot=0)
+    res = pd.read_csv(tmp_path / "results.csv").set_index(["strategy", "init"])
+    assert res.loc[("joint", "lits"), "status"] == "done"
+    assert res.loc[("joint", "scratch"), "status"] == "inconsistent: fold 0: lesion Dice 0.6 in per_slice.csv, 0.75 in metrics.json"

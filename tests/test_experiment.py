@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +162,27 @@ def test_bundle_failure_is_one_clear_error(data, tmp_path, isolation):
         _run_bundle(bundle, ["train.json"], o, log, _env(tmp_path), isolation)
     assert str(log) in str(e.value) and "\n" not in str(e.value)
     assert "fold 7 does not exist" in log.read_text()
+
+
+def test_resume_on_other_data_is_refused(data, tmp_path):
+    """The data fingerprint: a datalist whose files changed cannot resume the folder; nothing is written."""
+    from monai_liver.errors import LiverError
+    from monai_liver.experiment.fingerprint import data_fingerprint
+    from monai_liver.experiment.runner import _check_same_data
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    copy = tmp_path / "data"
+    shutil.copytree(data["dir"], copy)
+    lesions = copy / "lesions.json"
+    opts = {"datalist": lesions, "lits_datalist": copy / "lits.json"}
+    fp = data_fingerprint(lesions, None, None, copy / "lits.json")
+    assert fp and fp == data_fingerprint(lesions, None, None, copy / "lits.json")  # stable
+    (out / "experiment.json").write_text(json.dumps({"data_fingerprint": fp}))
+    _check_same_data(out, dict(opts))  # same data: fine
+    one = sorted((copy / "lesions" / "images").iterdir())[0]
+    one.write_bytes(one.read_bytes() + b"changed")  # one image changed
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(LiverError, match="started on other data"):
+        _check_same_data(out, dict(opts))
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -147,6 +147,35 @@ def load_per_slice(out_dir: str | Path, runs: Sequence[RunInfo] | None = None) -
     return pd.concat(frames, ignore_index=True)
 
 
+def check_runs(per_slice: pd.DataFrame, runs: Sequence[RunInfo]) -> dict[tuple[str, str], str]:
+    """(strategy, init) -> why its rows cannot be trusted: a finished run whose per-slice rows do not
+    give its own ``eval/metrics.json`` (number of slices, mean lesion Dice, slice accuracy), e.g. a
+    file edited or overwritten by another run. Empty when every run agrees with itself."""
+    bad: dict[tuple[str, str], str] = {}
+    for r in runs:
+        if not r.done or not (r.path / "eval" / "metrics.json").is_file():
+            continue  # nothing to check against (a run evaluated by other tools)
+        try:
+            m = json.loads((r.path / "eval" / "metrics.json").read_text())
+        except (OSError, ValueError):
+            bad[(r.strategy, r.init)] = f"fold {r.fold}: eval/metrics.json unreadable"
+            continue
+        g = per_slice[(per_slice["strategy"] == r.strategy) & (per_slice["init"] == r.init) & (per_slice["fold"] == r.fold)]
+        checks = [("slices", m.get("n_slices"), len(g))]
+        if m.get("dice") is not None:
+            checks.append(("lesion Dice", m["dice"], float(pd.to_numeric(g["dice"], errors="coerce").mean())))
+        typed = g["true_cls"].notna()
+        if m.get("acc") is not None and typed.any():
+            checks.append(("accuracy", m["acc"], float((g["pred_cls"] == g["true_cls"]).sum() / typed.sum())))
+        for name, want, got in checks:
+            if want is None:
+                continue
+            if not (math.isclose(float(want), float(got), abs_tol=1e-6) or (math.isnan(float(want)) and math.isnan(float(got)))):
+                bad[(r.strategy, r.init)] = f"fold {r.fold}: {name} {float(got):g} in per_slice.csv, {float(want):g} in metrics.json"
+                break
+    return bad
+
+
 def class_names_of(per_slice: pd.DataFrame, fallback: Sequence[str] = ()) -> list[str]:
     """Class names in index order: from the ``prob_<class>`` columns, else ``fallback``, else the
     sorted true classes."""
@@ -311,12 +340,14 @@ def summarise(
     folds_done: dict[tuple[str, str], list[int]] | None = None,
     n_boot: int = N_BOOT,
     seed: int = SEED,
+    inconsistent: dict[tuple[str, str], str] | None = None,
 ) -> pd.DataFrame:
     """One row per strategy x init (the paper's 12, plus any other found), paper order.
 
     ``experiment``: the runner's description (``strategies``, ``inits``, ``folds``, ``classes``);
     ``not_run``: (strategy, init) -> reason; ``folds_done``: (strategy, init) -> finished folds
-    (default: the folds present in ``per_slice``).
+    (default: the folds present in ``per_slice``); ``inconsistent``: (strategy, init) -> why its
+    rows disagree with a run's own metrics (:func:`check_runs`): status ``inconsistent: ...``.
     """
     experiment = experiment or {}
     not_run = not_run or {}
@@ -338,6 +369,8 @@ def summarise(
             status = "not run: not requested"
         elif not done:
             status = "not run: pending"
+        elif (s, i) in (inconsistent or {}):
+            status = f"inconsistent: {inconsistent[(s, i)]}"
         elif n_expected and len(done) < int(n_expected):
             status = f"partial: {len(done)}/{int(n_expected)} folds"
         else:
@@ -477,7 +510,8 @@ def aggregate(out_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> di
     for r in runs:
         if r.done:
             folds_done.setdefault((r.strategy, r.init), []).append(r.fold)
-    results = summarise(per_slice, exp, not_run, folds_done, n_boot=n_boot, seed=seed)
+    results = summarise(per_slice, exp, not_run, folds_done, n_boot=n_boot, seed=seed,
+                        inconsistent=check_runs(per_slice, runs))
     phantoms = is_phantoms(exp)
     paths = {"per_slice": out_dir / "per_slice.csv", "results": out_dir / "results.csv", "markdown": out_dir / "results.md"}
     _atomic_write(paths["per_slice"], per_slice.to_csv(index=False))

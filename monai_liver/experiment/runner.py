@@ -567,10 +567,25 @@ def run_experiment(
             old_handlers[sig] = signal.signal(sig, _on_signal)
     try:
         with _lock(out):
+            _check_same_data(out, opts)  # before anything is written into the folder
             return _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracking_uri, device, n_boot, log)
     finally:
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
+
+
+def _check_same_data(out: Path, opts: dict) -> None:
+    """Set ``opts["data_fingerprint"]``; LiverError when ``out`` was started on other data."""
+    from monai_liver.experiment.fingerprint import data_fingerprint
+
+    fp = data_fingerprint(opts.get("datalist"), opts.get("manifest"), opts.get("lits"), opts.get("lits_datalist"))
+    opts["data_fingerprint"] = fp
+    old = None
+    with contextlib.suppress(OSError, ValueError):
+        old = json.loads((out / "experiment.json").read_text()).get("data_fingerprint")
+    if old and fp and old != fp:
+        raise LiverError(f"{out}: this folder was started on other data (fingerprint {old}, now {fp}: a datalist, "
+                         "manifest or one of their files changed); resume with the same data, or use another --out")
 
 
 @contextlib.contextmanager
@@ -597,6 +612,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         "lits_data": lits_kind, "datalist": str(lesions), "lits_datalist": str(lits_list or ""),
         "strategies": opts["strategies"], "inits": opts["inits"], "device": device or "auto",
         "phantoms": bool(opts.get("phantoms")) or kind == "phantoms",
+        "data_fingerprint": opts.get("data_fingerprint"),
     }
     from monai_liver.engine.data import datalist_classes
 
