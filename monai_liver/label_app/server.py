@@ -197,8 +197,23 @@ def main(args: argparse.Namespace) -> int:
     cwd = os.getcwd()
     if args.dryrun:  # MONAI Label's dry run writes a .env file into the current folder
         os.chdir(app)
+    # MONAI Label's temporary files (uploads, results, its logging config) go to <workdir>/tmp,
+    # emptied at start and at exit, instead of piling up in the system's /tmp
+    import tempfile
+
+    tmp = Path(workdir) / "tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(tmp.resolve()), str(tmp.resolve())
     try:
         ml.action_start_server(ml_args)  # uvicorn, in this process, until interrupted
     finally:
         os.chdir(cwd)
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
