@@ -354,3 +354,66 @@ def test_labelled_studies_to_datalist(tmp_path) -> None:
     nib.save(nib.Nifti1Image(lab, affine), str(tmp_path / "a_label.nii.gz"))
     with pytest.raises(LiverError, match=r"a_label.nii.gz: label value 5 is not allowed"):
         labelled_studies_to_datalist(studies, tmp_path / "out2", CLASSES)
+
+
+def test_model_upload_check(tmp_path) -> None:
+    """--allow-model-upload: only a weights-only checkpoint that fits the served network passes."""
+    import io
+
+    import torch
+
+    from monai_liver.constants import bundles_dir
+    from monai_liver.label_app.guard import check_model_upload
+    from monai_liver.networks.factory import build_network
+
+    served = str(bundles_dir() / "joint" / "models" / "model.pt")  # the app's layout: <bundle>/models/model.pt
+
+    def saved(obj) -> bytes:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.getvalue()
+
+    assert check_model_upload(saved({"model": build_network("joint").state_dict()}), served) is None
+    assert "does not fit" in check_model_upload(saved({"model": build_network("lits_pretrain").state_dict()}), served)
+    assert "cannot read the checkpoint" in check_model_upload(b"evil bytes", served)
+
+    class Payload:  # pickled code: refused by weights_only=True, never run
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    assert "cannot read the checkpoint" in check_model_upload(saved({"model": Payload()}), served)
+
+
+def test_guard_hands_a_checked_upload_on_unchanged(tmp_path) -> None:
+    """The ASGI path of --allow-model-upload: a bad file is answered 400 by the guard; a good one
+    reaches the app with its body intact."""
+    import io
+
+    import torch
+    from starlette.testclient import TestClient
+
+    from monai_liver.constants import bundles_dir
+    from monai_liver.label_app.guard import RequestGuard, _buffered
+    from monai_liver.networks.factory import build_network
+
+    received = {}
+
+    async def inner(scope, receive, send):  # stands in for MONAI Label: keeps the body it gets
+        if scope["type"] != "http":
+            return
+        received[scope["path"].rsplit("/", 1)[-1]] = await _buffered(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    served = str(bundles_dir() / "joint" / "models" / "model.pt")
+    app = RequestGuard(inner, allow_model_upload=True, study_ids=lambda: [], served_model=lambda: served)
+    buf = io.BytesIO()
+    torch.save({"model": build_network("joint").state_dict()}, buf)
+    client = TestClient(app)  # no lifespan: the stand-in app has none
+    assert client.put("/model/joint", files={"file": ("m.pt", b"evil")}).status_code == 400
+    assert not received
+    r = client.put("/model/joint", files={"file": ("m.pt", buf.getvalue())})
+    assert r.status_code == 200, r.text
+    assert buf.getvalue() in received["joint"]  # the multipart body, file bytes intact
+    blocked = RequestGuard(inner, study_ids=lambda: [], served_model=lambda: served)
+    assert TestClient(blocked).put("/model/joint", files={"file": ("m.pt", buf.getvalue())}).status_code == 403

@@ -137,6 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", default=None, help="joint bundle folder (default: bundles/joint of the source tree)")
     parser.add_argument("--workdir", default=None, help="working folder (default: <studies>/.monai_liver_label)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; anything else needs --token-file)")
+    parser.add_argument("--allow-model-upload", action="store_true",
+                        help="let PUT /model/joint replace the served model, with a checkpoint that loads "
+                        "(weights only) into the served network; off by default")
     parser.add_argument("--token-file", default=None, help="file holding a shared secret (at least 16 characters): every "
                         "request must then send 'Authorization: Bearer <secret>'; required unless --host is a loopback address")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -161,11 +164,12 @@ def main(args: argparse.Namespace) -> int:
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         raise LiverError(f"--host {args.host}: a server others can reach needs --token-file (a shared secret), "
                          "or MONAI Label's Keycloak settings behind a proxy; see README 'Security'")
-    from monai_liver.label_app.guard import TOKEN_ENV
+    from monai_liver.label_app.guard import TOKEN_ENV, UPLOAD_ENV
 
     os.environ.pop(TOKEN_ENV, None)
     if token:
         os.environ[TOKEN_ENV] = token  # read by the guard (monai_liver.label_app.guard) in this process
+    os.environ[UPLOAD_ENV] = "1" if args.allow_model_upload else "0"
     from monai_liver.label_app import compat
 
     compat.install()  # before MONAI Label's app is imported (uvicorn imports it in this process)
