@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -180,11 +179,9 @@ def write_package(
         pairs.append((localiser, out / LOCALISER_FILE))
     elif (out / LOCALISER_FILE).exists():
         (out / LOCALISER_FILE).unlink()
+    from monai_liver.atomic import copy_file, write_text
+
     for src, dst in pairs:
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-    tmp = out / f".{SETTINGS_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(out / SETTINGS_FILE)
+        copy_file(src, dst)
+    write_text(out / SETTINGS_FILE, json.dumps(info, indent=2))
     return out

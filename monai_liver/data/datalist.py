@@ -231,10 +231,9 @@ def write_datalist(datalist: dict, path: str | os.PathLike) -> Path:
             out["dataset_dir"] = Path(os.path.relpath(ddir, os.path.abspath(path.parent))).as_posix()
         else:
             out["dataset_dir"] = ddir
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from monai_liver.atomic import write_text
+
+    return write_text(path, json.dumps(out, indent=2) + "\n")
 
 
 def read_datalist(path: str | os.PathLike, require_items: bool = False) -> dict:

@@ -97,9 +97,9 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    from monai_liver.atomic import write_text
+
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def _read_index(entry: Path) -> dict | None:

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from monai_liver.constants import INITS, STRATEGIES
+from monai_liver.atomic import write_text
 from monai_liver.errors import LiverError
 from monai_liver.experiment.paper import INIT_TITLES, PAPER_REF, STRATEGY_TITLES, paper_value
 
@@ -488,12 +489,6 @@ def is_phantoms(experiment: dict) -> bool:
     return bool(experiment.get("phantoms")) or experiment.get("data") == "phantoms"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def aggregate(out_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> dict[str, Path]:
     """Write ``per_slice.csv``, ``results.csv`` and ``results.md`` into ``out_dir`` from its finished
     runs; returns their paths. Safe to call at any time (unfinished runs are left out)."""
@@ -514,8 +509,8 @@ def aggregate(out_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> di
                         inconsistent=check_runs(per_slice, runs))
     phantoms = is_phantoms(exp)
     paths = {"per_slice": out_dir / "per_slice.csv", "results": out_dir / "results.csv", "markdown": out_dir / "results.md"}
-    _atomic_write(paths["per_slice"], per_slice.to_csv(index=False))
-    _atomic_write(paths["results"], results.to_csv(index=False, float_format="%.4f"))
+    write_text(paths["per_slice"], per_slice.to_csv(index=False))
+    write_text(paths["results"], results.to_csv(index=False, float_format="%.4f"))
     settings = settings_line(exp, pretrain_figures(out_dir))
-    _atomic_write(paths["markdown"], results_markdown(results, phantoms=phantoms, n_boot=n_boot, settings=settings))
+    write_text(paths["markdown"], results_markdown(results, phantoms=phantoms, n_boot=n_boot, settings=settings))
     return paths

@@ -406,11 +406,9 @@ def build_report(out_dir: str | Path, n_boot: int | None = None) -> Path:
                     f'<img src="{html.escape(rel)}" alt="{html.escape(title)}">')
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>monai_liver results</title>"
             f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
-    out = out_dir / "report.html"
-    tmp = out.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    from monai_liver.atomic import write_text
+
+    return write_text(out_dir / "report.html", page)
 
 
 def results_table(out_dir: str | Path) -> str:

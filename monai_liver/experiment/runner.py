@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monai_liver.atomic import write_text
 from monai_liver.constants import INITS, LOCALISER, PRETRAIN_STRATEGY, STRATEGIES, bundles_dir
 from monai_liver.errors import LiverError
 
@@ -85,16 +86,6 @@ class ExperimentResult:
 
 def _print(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _log_line(out: Path, text: str) -> None:
@@ -343,11 +334,11 @@ def _pretrain(run_dir: Path, bundle: Path, key: str, overrides: dict, tracking: 
 
             tracker.attach_child(run_name(name, "scratch", 0), None, {"stage": "pretrain"})
         held_out = pretrain_metrics(run_dir, key)
-        _atomic_write(run_dir / "metrics.json", json.dumps(held_out, indent=2) + "\n")
+        write_text(run_dir / "metrics.json", json.dumps(held_out, indent=2) + "\n")
         log(f"   {name} held-out LiTS fold 0 ({held_out.get('epoch')} epochs, best {key}): "
             f"liver Dice {held_out.get('val_liver_dice', float('nan')):.3f}, "
             f"lesion Dice {held_out.get('val_dice', float('nan')):.3f}")
-        _atomic_write(run_dir / "DONE", json.dumps({"finished": time.time()}) + "\n")
+        write_text(run_dir / "DONE", json.dumps({"finished": time.time()}) + "\n")
         _log_line(run_dir.parents[1], f"done {name} scratch fold0")
 
 
@@ -427,7 +418,7 @@ class _Tracker:
             run_id = run.info.run_id
             for k, v in params.items():
                 self.client.log_param(run_id, k, str(v)[:500])
-            _atomic_write(state, json.dumps({"tracking_uri": self.uri, "run_id": run_id, "experiment": experiment}))
+            write_text(state, json.dumps({"tracking_uri": self.uri, "run_id": run_id, "experiment": experiment}))
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.parent_id = run_id
@@ -630,7 +621,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         exp["strategies"] = list(dict.fromkeys(old.get("strategies", []) + exp["strategies"]))
         exp["inits"] = list(dict.fromkeys(old.get("inits", []) + exp["inits"]))
         exp["phantoms"] = exp["phantoms"] or bool(old.get("phantoms"))
-    _atomic_write(out / "experiment.json", json.dumps(exp, indent=2))
+    write_text(out / "experiment.json", json.dumps(exp, indent=2))
 
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -661,7 +652,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
     for s in opts["strategies"]:
         marker = out / "runs" / s / "imagenet" / "NOT_RUN"
         if "imagenet" in not_run:
-            _atomic_write(marker, not_run["imagenet"] + "\n")
+            write_text(marker, not_run["imagenet"] + "\n")
         elif marker.is_file():
             marker.unlink()
 
@@ -724,7 +715,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
             if not (run_dir / "TRAINED").is_file():
                 _run_bundle(bundle, ["train.json"], {**o, **tracking_overrides(s, init, k)}, run_dir / "train.log", env,
                             opts["isolation"])
-                _atomic_write(run_dir / "TRAINED", "ok\n")
+                write_text(run_dir / "TRAINED", "ok\n")
             t1 = time.perf_counter()
             _run_bundle(bundle, ["train.json", "evaluate.json"], o, run_dir / "evaluate.log", env, opts["isolation"])
             if not (run_dir / "eval" / "per_slice.csv").is_file():
@@ -735,7 +726,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
 
                 tracker.attach_child(run_name(s, init, k), run_dir / "eval" / "metrics.json",
                                      {"strategy": s, "init": init, "fold": k})
-            _atomic_write(run_dir / "DONE", json.dumps({"train_s": round(t1 - t0, 1), "evaluate_s": round(t2 - t1, 1),
+            write_text(run_dir / "DONE", json.dumps({"train_s": round(t1 - t0, 1), "evaluate_s": round(t2 - t1, 1),
                                                         "finished": time.time()}) + "\n")
             _log_line(out, f"done {s} {init} fold{k}")
             runs_done += 1

@@ -373,9 +373,7 @@ def infer(
             "note": "slice = axial index k of the RAS canonical array (inferior to superior); "
                     "not a diagnostic device, and a model trained on phantoms says nothing about patients",
         }
-        tmp = out / ".result.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out / "result.json")
+        (out / "result.json").write_text(json.dumps(result, indent=2))  # in the staging folder
         _swap_into_place(out, final)
     except BaseException as e:
         shutil.rmtree(out, ignore_errors=True)

@@ -74,7 +74,7 @@ def check_volume(predictor, volume: str | Path, segmentation: str | Path, out: s
         "type_accuracy": round(right / typed, 4) if typed else None,
         "classes": names,
     }
-    tmp = out / ".check.json.tmp"
-    tmp.write_text(json.dumps(figures, indent=2))
-    tmp.replace(out / "check.json")
+    from monai_liver.atomic import write_text
+
+    write_text(out / "check.json", json.dumps(figures, indent=2))
     return figures

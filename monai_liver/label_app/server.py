@@ -85,6 +85,7 @@ def prepare_app_dir(workdir: str | os.PathLike, bundle: str | os.PathLike, model
     if (bundle / "docs").is_dir() and not (target / "docs").exists():
         shutil.copytree(bundle / "docs", target / "docs")
     if model is not None:
+        from monai_liver.atomic import copy_file
         from monai_liver.model_package import LOCALISER_FILE, package_files
 
         model_file, localiser = package_files(model)  # a package folder brings its liver localiser
@@ -92,9 +93,7 @@ def prepare_app_dir(workdir: str | os.PathLike, bundle: str | os.PathLike, model
             if src is None:  # no localiser given: none left from an earlier package either
                 (target / "models" / name).unlink(missing_ok=True)
                 continue
-            tmp = target / "models" / f".{name}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target / "models" / name)  # atomic: a running server never reads half a file
+            copy_file(src, target / "models" / name)  # atomic: a running server never reads half a file
     return app
 
 
