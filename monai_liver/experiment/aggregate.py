@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from monai_liver.constants import INITS, STRATEGIES
 from monai_liver.atomic import write_text
+from monai_liver.constants import INITS, STRATEGIES
 from monai_liver.errors import LiverError
 from monai_liver.experiment.paper import INIT_TITLES, PAPER_REF, STRATEGY_TITLES, paper_value
 
