@@ -1,5 +1,7 @@
 """Names and numbers shared by every module."""
 
+from monai_liver.strategies import paper_strategies as _paper_strategies
+
 #: Default lesion types, in class-index order (index k <-> joint seg channel 2 + k).
 DEFAULT_CLASSES: tuple[str, ...] = ("cyst", "hemangioma", "metastasis")
 
@@ -9,7 +11,8 @@ HU_WINDOW: tuple[float, float] = (-200.0, 250.0)
 #: LiTS / MSD Task03 label values.
 BACKGROUND, LIVER, LESION = 0, 1, 2
 
-STRATEGIES: tuple[str, ...] = ("cls_baseline", "seg_baseline", "ynet", "joint")
+#: the paper's strategies, in its row order (from the registry, monai_liver.strategies)
+STRATEGIES: tuple[str, ...] = _paper_strategies()
 PRETRAIN_STRATEGY = "lits_pretrain"
 #: the liver localiser of the inference cascade: the lits_pretrain network trained on whole slices
 #: (its run folder under <experiment>/pretrain/)

@@ -61,11 +61,9 @@ LOCALISER_FILE = "liver_model.pt"
 def segmentation_channels(strategy: str, class_names: Sequence[str]) -> list[str]:
     """Names of the segmentation output channels: background, liver, then lesion (or one per type
     for joint); ``[]`` for cls_baseline."""
-    if strategy == "cls_baseline":
-        return []
-    if strategy == "joint":
-        return ["background", "liver", *[str(c) for c in class_names]]
-    return ["background", "liver", "lesion"]
+    from monai_liver.strategies import get
+
+    return get(strategy).channel_names(class_names)
 
 
 def _sha256(path: Path) -> str | None:

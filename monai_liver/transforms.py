@@ -24,8 +24,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY, STRATEGIES
+from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW
 from monai_liver.errors import LiverError
+from monai_liver.strategies import get as get_strategy
 
 __all__ = [
     "ROI_MARGIN",
@@ -41,13 +42,8 @@ __all__ = [
 #: pixels kept around the liver's bounding box by the ROI crop (before resizing)
 ROI_MARGIN = 16
 
-_ALL_STRATEGIES = (PRETRAIN_STRATEGY, *STRATEGIES)
-
-
 def _check_strategy(strategy: str) -> str:
-    if strategy not in _ALL_STRATEGIES:
-        raise LiverError(f"strategy '{strategy}' is not one of {', '.join(_ALL_STRATEGIES)}.")
-    return strategy
+    return get_strategy(strategy).name  # LiverError naming the known strategies
 
 
 def foreground_or_all(x: torch.Tensor | np.ndarray):
@@ -78,7 +74,8 @@ class StrategyTargetd(MapTransform):
     """Make the ``seg`` target and the ``cls`` tensor a strategy trains on.
 
     ``seg`` values in: 0 background, 1 liver, 2 lesion, 2 + k lesion of type k (class-id masks).
-    Out, for ``joint``: 0, 1, 2 + k (``n_classes`` + 2 classes): values above 2 are kept; when the
+    Out, for a strategy whose segmentation has one channel per type (``joint``, registry
+    ``segmentation="types"``): 0, 1, 2 + k (``n_classes`` + 2 classes): values above 2 are kept; when the
     slice's largest value is 2 (a 0/1 lesion mask) its lesion pixels become 2 + ``cls``. A joint
     slice with lesion pixels of unknown type (cls -1) raises LiverError. For every other strategy
     (``lits_pretrain``, ``seg_baseline``, ``ynet``, ``cls_baseline``): 0, 1, 2 (types collapsed).
@@ -95,6 +92,7 @@ class StrategyTargetd(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.strategy = _check_strategy(strategy)
+        self.types = get_strategy(strategy).segmentation == "types"
         self.n_classes = int(n_classes)
         self.cls_key = cls_key
 
@@ -105,7 +103,7 @@ class StrategyTargetd(MapTransform):
         for key in self.key_iterator(d):
             seg = d[key]
             top = int(seg.max()) if np.prod(seg.shape) > 0 else 0
-            if self.strategy == "joint":
+            if self.types:  # one target channel per lesion type (joint)
                 if top > 1 + self.n_classes:
                     raise LiverError(
                         f"{d.get('source', key)}: slice {d.get('slice', '?')} has label {top}, "

@@ -20,6 +20,9 @@ import sys
 import traceback
 from types import ModuleType
 
+from monai_liver.strategies import get as _get
+from monai_liver.strategies import names as _names
+
 __all__ = [
     "SEG_STRATEGIES",
     "CLS_HEAD_STRATEGIES",
@@ -30,24 +33,26 @@ __all__ = [
     "find_liver_error",
 ]
 
-#: strategies whose network predicts a segmentation (lesion mask).
-SEG_STRATEGIES: tuple[str, ...] = ("lits_pretrain", "seg_baseline", "ynet", "joint")
-#: strategies trained with a classification loss on a classification head.
-CLS_HEAD_STRATEGIES: tuple[str, ...] = ("cls_baseline", "ynet")
-#: strategies that predict a slice class (joint: by a vote of the lesion pixels).
-CLASS_STRATEGIES: tuple[str, ...] = ("cls_baseline", "ynet", "joint")
+#: the built-in strategies by what they do (from the registry, :mod:`monai_liver.strategies`; code
+#: asks :func:`has_seg` / :func:`has_class` / the registry, which also know strategies added later):
+#: those whose network predicts a segmentation (lesion mask),
+SEG_STRATEGIES: tuple[str, ...] = tuple(s for s in _names() if _get(s).segments)
+#: those trained with a classification loss on a classification head,
+CLS_HEAD_STRATEGIES: tuple[str, ...] = tuple(s for s in _names() if _get(s).class_head)
+#: those that predict a slice class (joint: by a vote of the lesion pixels).
+CLASS_STRATEGIES: tuple[str, ...] = tuple(s for s in _names() if _get(s).classifies)
 
 _SUBMODULES = ("data", "prepare_batch", "loss", "metrics", "handlers", "evaluate", "tracking")
 
 
 def has_seg(strategy: str) -> bool:
     """Whether ``strategy`` predicts a lesion mask."""
-    return strategy in SEG_STRATEGIES
+    return _get(strategy).segments
 
 
 def has_class(strategy: str) -> bool:
     """Whether ``strategy`` predicts a slice class."""
-    return strategy in CLASS_STRATEGIES
+    return _get(strategy).classifies
 
 
 def find_liver_error(exc: BaseException | None):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from monai_liver.engine import CLASS_STRATEGIES, SEG_STRATEGIES
+from monai_liver.engine import has_class, has_seg
 from monai_liver.engine.metrics import (
     class_probabilities,
     dice_score,
@@ -97,7 +97,7 @@ def summarise(rows: Sequence[dict], class_names: Sequence[str], strategy: str, p
     idx = {c: i for i, c in enumerate(class_names)}
     typed = [r for r in rows if r["true_cls"] in idx and r["pred_cls"] in idx]
     out["n_classified"] = len(typed)
-    if strategy in CLASS_STRATEGIES and typed:
+    if has_class(strategy) and typed:
         y = np.array([idx[r["true_cls"]] for r in typed])
         p = np.array([idx[r["pred_cls"]] for r in typed])
         cm = confusion_matrix(y, p, labels=list(range(k)))
@@ -119,7 +119,7 @@ def summarise(rows: Sequence[dict], class_names: Sequence[str], strategy: str, p
     else:
         out.update(acc=float("nan"), bacc=float("nan"), confusion=None, sensitivity=None, specificity=None)
     # segmentation
-    if strategy in SEG_STRATEGIES:
+    if has_seg(strategy):
         n_gt = sum(int(r["gt_lesions"]) for r in rows)
         n_det = sum(int(r["detected_lesions"]) for r in rows)
         out.update(
@@ -172,9 +172,9 @@ class EvalWriter:
         n = image.shape[0]
         images = image.detach().float().cpu().numpy()[:, 0]
         gt = lesion_from_target(label["seg"]).cpu().numpy()[:, 0]
-        has_seg = self.strategy in SEG_STRATEGIES and pred.get("seg") is not None
-        pl = lesion_from_logits(pred["seg"].detach()).cpu().numpy()[:, 0] if has_seg else np.zeros_like(gt)
-        probs = class_probabilities(pred) if self.strategy in CLASS_STRATEGIES else None
+        segmented = has_seg(self.strategy) and pred.get("seg") is not None
+        pl = lesion_from_logits(pred["seg"].detach()).cpu().numpy()[:, 0] if segmented else np.zeros_like(gt)
+        probs = class_probabilities(pred) if has_class(self.strategy) else None
         probs = probs.cpu().numpy() if probs is not None else None
         true_cls = label["cls"].reshape(-1).cpu().tolist()
         meta = {key: _as_list(batch.get(key) if isinstance(batch, dict) else None, n) for key in _META}
@@ -187,7 +187,7 @@ class EvalWriter:
                 row[f"prob_{c}"] = float(probs[i, j]) if probs is not None else float("nan")
             g = gt[i].astype(bool)
             row["gt_lesion_px"] = int(g.sum())
-            if has_seg:
+            if segmented:
                 p = pl[i].astype(bool)
                 n_gt, n_det = lesion_detection(p, g)
                 row.update(

@@ -27,8 +27,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from monai_liver.engine import CLS_HEAD_STRATEGIES, SEG_STRATEGIES
-from monai_liver.errors import LiverError
+from monai_liver.strategies import get as get_strategy
 
 __all__ = ["MultiTaskLoss", "DEFAULT_CLS_WEIGHT"]
 
@@ -58,11 +57,10 @@ class MultiTaskLoss(nn.Module):
         dice_batch: bool = True,
     ) -> None:
         super().__init__()
-        if strategy not in SEG_STRATEGIES and strategy not in CLS_HEAD_STRATEGIES:
-            raise LiverError(f"strategy '{strategy}' is not known")
+        record = get_strategy(strategy)  # LiverError for an unknown one
         self.strategy = strategy
-        self.use_seg = strategy in SEG_STRATEGIES
-        self.use_cls = strategy in CLS_HEAD_STRATEGIES
+        self.use_seg = record.segments
+        self.use_cls = record.class_head
         self.seg_weight = float(seg_weight)
         # cls_baseline has only the CE term: the loss is the CE itself
         self.cls_weight = float(cls_weight) if self.use_seg else 1.0

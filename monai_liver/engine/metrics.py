@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_liver.engine import CLASS_STRATEGIES, SEG_STRATEGIES
+from monai_liver.engine import has_class, has_seg
 from monai_liver.errors import LiverError
+from monai_liver.strategies import get as get_strategy
 
 __all__ = [
-    "KEY_METRICS",
     "METRIC_NAMES",
     "key_metric_name",
     "metric_names",
@@ -49,34 +49,22 @@ __all__ = [
 #: every validation metric name a bundle may log, in train_log.csv column order.
 METRIC_NAMES: tuple[str, ...] = ("val_dice", "val_recall", "val_acc", "val_bacc", "val_liver_dice")
 
-#: metric that selects the best checkpoint, per strategy.
-KEY_METRICS: dict[str, str] = {
-    "lits_pretrain": "val_dice",
-    "seg_baseline": "val_dice",
-    "cls_baseline": "val_acc",
-    "ynet": "val_dice_acc",
-    "joint": "val_dice_acc",
-}
-
-
 def _check(strategy: str) -> str:
-    if strategy not in KEY_METRICS:
-        raise LiverError(f"strategy '{strategy}' is not known; choose one of {', '.join(KEY_METRICS)}")
-    return strategy
+    return get_strategy(strategy).name  # LiverError naming the known strategies
 
 
 def key_metric_name(strategy: str) -> str:
     """Name of the metric that selects ``model.pt`` for ``strategy``."""
-    return KEY_METRICS[_check(strategy)]
+    return get_strategy(strategy).key_metric
 
 
 def metric_names(strategy: str) -> tuple[str, ...]:
     """The validation metrics ``strategy`` reports (a subset of :data:`METRIC_NAMES`)."""
     _check(strategy)
     names: list[str] = []
-    if strategy in SEG_STRATEGIES:
+    if has_seg(strategy):
         names += ["val_dice", "val_recall"]
-    if strategy in CLASS_STRATEGIES:
+    if has_class(strategy):
         names += ["val_acc", "val_bacc"]
     if strategy == "lits_pretrain":
         names += ["val_liver_dice"]
@@ -193,16 +181,16 @@ def _metrics(strategy: str, n_classes: int) -> dict[str, Any]:
     from ignite.metrics import MetricsLambda
 
     out: dict[str, Any] = {}
-    if strategy in SEG_STRATEGIES:
+    if has_seg(strategy):
         out["val_dice"] = _dice()
         out["val_recall"] = _recall()
-    if strategy in CLASS_STRATEGIES:
+    if has_class(strategy):
         cm = IgniteConfusionMatrix(num_classes=int(n_classes), output_transform=from_class)
         out["val_acc"] = _accuracy(cm)
         out["val_bacc"] = _balanced_accuracy(cm)
     if strategy == "lits_pretrain":
         out["val_liver_dice"] = _dice(from_liver)
-    if KEY_METRICS[strategy] == "val_dice_acc":
+    if get_strategy(strategy).key_metric == "val_dice_acc":
         out["val_dice_acc"] = MetricsLambda(lambda d, a: (float(d) + float(a)) / 2.0, out["val_dice"], out["val_acc"])
     return out
 
@@ -215,7 +203,7 @@ def validation_metrics(strategy: str, n_classes: int = 3, key: str | None = None
     metric objects with the additional metrics (ignite then updates each once per iteration).
     """
     metrics = _metrics(_check(strategy), n_classes)
-    name = key or KEY_METRICS[strategy]
+    name = key or get_strategy(strategy).key_metric
     if name not in metrics:
         raise LiverError(f"key metric '{name}' is not computed for {strategy}; choose one of {', '.join(metrics)}")
     return {name: metrics.pop(name)}, metrics

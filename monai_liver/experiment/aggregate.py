@@ -43,11 +43,11 @@ import pandas as pd
 from monai_liver.atomic import write_text
 from monai_liver.constants import INITS, STRATEGIES
 from monai_liver.errors import LiverError
+from monai_liver.strategies import get as get_strategy
+from monai_liver.strategies import names
 from monai_liver.experiment.paper import INIT_TITLES, PAPER_REF, STRATEGY_TITLES, paper_value
 
 __all__ = [
-    "CLASSIFYING",
-    "SEGMENTING",
     "METRICS",
     "RunInfo",
     "find_runs",
@@ -61,10 +61,6 @@ __all__ = [
     "class_names_of",
     "is_phantoms",
 ]
-
-#: strategies that predict a slice class / a lesion mask (decides whether a missing figure is 0 or n/a)
-CLASSIFYING = frozenset({"cls_baseline", "ynet", "joint"})
-SEGMENTING = frozenset({"seg_baseline", "ynet", "joint", "lits_pretrain"})
 
 #: scalar figures of results.csv, each with ``_lo`` / ``_hi`` columns
 METRICS: tuple[str, ...] = ("acc", "dice", "recall", "bacc", "global_dice", "detection_recall")
@@ -380,7 +376,7 @@ def summarise(
         row["folds_done"] = len(done)
         row["folds_expected"] = int(n_expected) if n_expected else len(done)
         if len(g):
-            classify = s in CLASSIFYING if s in CLASSIFYING | SEGMENTING else g["pred_cls"].notna().any()
+            classify = get_strategy(s).classifies if s in names() else g["pred_cls"].notna().any()
             row.update(summarise_group(g, classes, classify, n_boot=n_boot, seed=seed, key=f"{s}/{i}"))
         for m in ("acc", "dice", "recall"):
             v = paper_value(s, i, m)

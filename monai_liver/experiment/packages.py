@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 from monai_liver.constants import LOCALISER
-from monai_liver.inference.model import SEGMENTING
+from monai_liver.strategies import get as get_strategy
+from monai_liver.strategies import names
 
 __all__ = ["check_held_out", "package_dir", "write_packages"]
 
@@ -34,7 +35,7 @@ def write_packages(out: str | Path, log=print) -> list[Path]:
     localiser = out / "pretrain" / LOCALISER / "model.pt"
     written = []
     for strategy_dir in sorted((out / "runs").glob("*")):
-        if strategy_dir.name not in SEGMENTING:
+        if strategy_dir.name not in names() or not get_strategy(strategy_dir.name).segments:
             continue
         for init_dir in sorted(p for p in strategy_dir.glob("*") if p.is_dir()):
             folds = {}

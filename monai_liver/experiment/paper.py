@@ -8,17 +8,15 @@ orientation, not as a like-for-like comparison.
 
 from __future__ import annotations
 
+from monai_liver.strategies import get as get_strategy
+from monai_liver.strategies import paper_strategies
+
 __all__ = ["PAPER", "PAPER_REF", "STRATEGY_TITLES", "INIT_TITLES", "paper_value"]
 
 PAPER_REF = "Heker & Greenspan, MIDL 2020 (arXiv 2004.12352)"
 
 #: display names, in the paper's row order
-STRATEGY_TITLES: dict[str, str] = {
-    "cls_baseline": "Classification baseline",
-    "seg_baseline": "Segmentation baseline",
-    "ynet": "Multi-task (Y-Net)",
-    "joint": "Joint learning",
-}
+STRATEGY_TITLES: dict[str, str] = {s: get_strategy(s).title for s in paper_strategies()}
 INIT_TITLES: dict[str, str] = {"scratch": "scratch", "imagenet": "ImageNet", "lits": "LiTS"}
 
 #: (strategy, init) -> {"acc", "dice", "recall"}: the paper's table, None where it gives no figure

@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY, bundles_dir
+from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, bundles_dir
 from monai_liver.errors import LiverError
+from monai_liver.strategies import get as get_strategy
+from monai_liver.strategies import names
 from monai_liver.model_package import is_torchscript, package_files, read_settings
 
 __all__ = ["SEGMENTING", "LoadedModel", "load_model", "load_bundle_model"]
 
-#: strategies whose network segments (infer needs a liver and a lesion mask)
-SEGMENTING = ("joint", "ynet", "seg_baseline", PRETRAIN_STRATEGY)
+#: built-in strategies whose network segments (infer needs a liver and a lesion mask; the registry decides)
+SEGMENTING = tuple(s for s in names() if get_strategy(s).segments)
 
 
 @dataclass
@@ -118,7 +120,7 @@ def load_model(
         defaults = _bundle_defaults(bundles_dir() / "joint")  # an old checkpoint: the joint bundle's defaults
     merged = {**defaults, **settings}
     strategy = str(merged.get("strategy", "joint"))
-    if segmenting and strategy not in SEGMENTING:
+    if segmenting and not get_strategy(strategy).segments:
         raise LiverError(f"{model_file}: infer needs a model that segments ({', '.join(SEGMENTING)}); '{strategy}' only classifies slices")
     trained = merged.get("image_size") if settings.get("image_size") else None
     if image_size is not None and trained and int(image_size) != int(trained):

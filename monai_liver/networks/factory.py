@@ -1,4 +1,5 @@
-"""``build_network(strategy, ...)``: the one place every bundle gets its network from."""
+"""``build_network(strategy, ...)``: the one place every bundle gets its network from (the class
+is the strategy record's ``network``, :mod:`monai_liver.strategies`)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,25 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from monai_liver.constants import PRETRAIN_STRATEGY, STRATEGIES
 from monai_liver.errors import LiverError
 from monai_liver.networks.backbone import DEFAULT_BACKBONE, DEFAULT_DECODER_CHANNELS, check_backbone
+from monai_liver.strategies import get as get_strategy
+from monai_liver.strategies import names
 
 __all__ = ["NETWORK_STRATEGIES", "build_network", "seg_channels"]
 
-#: strategies build_network knows: the LiTS pretraining network and the four strategies.
-NETWORK_STRATEGIES: tuple[str, ...] = (PRETRAIN_STRATEGY, *STRATEGIES)
+#: strategies build_network knows when this module is imported (the registry may gain more later)
+NETWORK_STRATEGIES: tuple[str, ...] = names()
 
 
 def _check_strategy(strategy: str) -> str:
-    if strategy not in NETWORK_STRATEGIES:
-        raise LiverError(f"strategy '{strategy}' is not known; choose one of {', '.join(NETWORK_STRATEGIES)}")
-    return strategy
+    return get_strategy(strategy).name
 
 
 def seg_channels(strategy: str, n_classes: int = 3) -> int:
     """Segmentation output channels: 0 (cls_baseline), 3 (lits_pretrain, seg_baseline, ynet:
     background, liver, lesion), 2 + n_classes (joint: background, liver, one per lesion type)."""
-    _check_strategy(strategy)
-    if strategy == "cls_baseline":
-        return 0
-    if strategy == "joint":
-        return 2 + n_classes
-    return 3
+    return get_strategy(strategy).seg_channels(n_classes)
 
 
 def build_network(
@@ -53,20 +48,6 @@ def build_network(
         raise LiverError(f"n_classes must be at least 1, got {n_classes}")
     if spatial_dims not in (2, 3):
         raise LiverError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    n_classes, decoder_channels = int(n_classes), tuple(int(c) for c in decoder_channels)
-    # imported here: the strategy modules import torch/MONAI, and the CLI imports this module lazily anyway
-    if strategy == "cls_baseline":
-        from monai_liver.networks.cls_baseline import ClsBaseline
-
-        return ClsBaseline(n_classes, backbone, spatial_dims, in_channels, dropout)
-    if strategy == "ynet":
-        from monai_liver.networks.ynet import YNet
-
-        return YNet(n_classes, backbone, spatial_dims, in_channels, decoder_channels, dropout)
-    if strategy == "joint":
-        from monai_liver.networks.joint import JointNet
-
-        return JointNet(n_classes, backbone, spatial_dims, in_channels, decoder_channels)
-    from monai_liver.networks.seg_baseline import SegBaseline
-
-    return SegBaseline(backbone, spatial_dims, in_channels, decoder_channels)
+    return get_strategy(strategy).build(n_classes=int(n_classes), backbone=backbone, spatial_dims=spatial_dims,
+                               in_channels=in_channels, decoder_channels=tuple(int(c) for c in decoder_channels),
+                               dropout=dropout)
