@@ -386,3 +386,16 @@ def test_bad_input_raises_liver_error(case, message, phantoms, tmp_path) -> None
     err = find_liver_error(info.value)
     assert err is not None and message in str(err), info.value
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_bundle_configs_are_generated_from_the_template() -> None:
+    """Each bundle's shared configs are exactly the template with its own values
+    (``python -m monai_liver.bundle_configs`` rewrites them after a template change)."""
+    from monai_liver import strategies
+    from monai_liver.bundle_configs import BUNDLE_VALUES, render
+
+    assert set(BUNDLE_VALUES) == set(strategies.names()) == set(BUNDLES)
+    for bundle in BUNDLES:
+        for name, text in render(bundle).items():
+            assert (ROOT / "bundles" / bundle / "configs" / name).read_text() == text, (
+                f"bundles/{bundle}/configs/{name} is not up to date: run python -m monai_liver.bundle_configs")
