@@ -205,6 +205,12 @@ def test_path_tricks_and_model_upload_are_refused(label_server, tmp_path) -> Non
     outside = tmp_path / "outside"
     served = label_server["studies"] / ".monai_liver_label" / "app" / "model" / "joint" / "models" / "model.pt"
     before = {p: p.read_bytes() for p in (precious, served)}
+
+    def elsewhere() -> dict:  # every file of the test's folder outside the studies folder (server log aside)
+        return {p: p.read_bytes() for p in label_server["work"].rglob("*")
+                if p.is_file() and label_server["studies"] not in p.parents and p != label_server["log"]}
+
+    tree = elsewhere()
     blob = {"file": ("x.nii.gz", b"not a study")}
     cases = [
         ("put", "/datastore/image?image=../victim/precious", blob, 400),
@@ -221,6 +227,7 @@ def test_path_tricks_and_model_upload_are_refused(label_server, tmp_path) -> Non
         assert r.status_code == status, (method, path, r.status_code, r.text[:300])
     assert _get(url + "/info/")["name"] == "monai_liver"  # still serving
     assert {p: p.read_bytes() for p in before} == before and not outside.exists()
+    assert elsewhere() == tree  # nothing appeared or changed outside the studies (and app) folder
 
 
 def test_guard_rules_and_token() -> None:
