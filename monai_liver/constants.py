@@ -20,6 +20,25 @@ LOCALISER = "liver_localiser"
 INITS: tuple[str, ...] = ("scratch", "imagenet", "lits")
 
 
+#: network input size (pixels, square) when neither the model nor the user says otherwise
+DEFAULT_IMAGE_SIZE = 128
+
+
+def check_image_size(size, what: str = "image size") -> int:
+    """``size`` as an int; LiverError unless it is a multiple of 32 and at least 32 (every encoder
+    of the U-Net family halves the image 5 times). The one check, used by the transforms, the
+    experiment and inference."""
+    from monai_liver.errors import LiverError
+
+    try:
+        value = int(size)
+    except (TypeError, ValueError):
+        raise LiverError(f"{what} {size!r}: not a whole number of pixels") from None
+    if value < 32 or value % 32:
+        raise LiverError(f"{what} {value}: must be a multiple of 32, at least 32 (the encoder halves the image 5 times)")
+    return value
+
+
 def bundles_dir():
     """The repository's ``bundles/`` folder (next to the ``monai_liver`` package), a ``Path``."""
     from pathlib import Path

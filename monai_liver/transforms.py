@@ -24,7 +24,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW
+from monai_liver.constants import DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, check_image_size
 from monai_liver.errors import LiverError
 from monai_liver.strategies import get as get_strategy
 
@@ -174,8 +174,7 @@ def _preprocess(strategy: str, image_size: int, window: Sequence[float], n_class
     lo, hi = float(window[0]), float(window[1])
     if not hi > lo:
         raise LiverError(f"HU window {tuple(window)} is empty; expected (low, high) with low < high.")
-    if int(image_size) < 8:
-        raise LiverError(f"image_size {image_size} is too small; use at least 8 pixels.")
+    image_size = check_image_size(image_size, "image_size")
     keys = ["image", "seg"]
     return [
         LoadImaged(keys, reader="NumpyReader", image_only=True, dtype=None),
@@ -199,7 +198,7 @@ def _finalise(track_meta: bool = True) -> list:
 
 def train_transforms(
     strategy: str,
-    image_size: int = 128,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     window: Sequence[float] = HU_WINDOW,
     n_classes: int = len(DEFAULT_CLASSES),
     augment: bool = True,
@@ -242,7 +241,7 @@ def train_transforms(
 
 def eval_transforms(
     strategy: str,
-    image_size: int = 128,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     window: Sequence[float] = HU_WINDOW,
     n_classes: int = len(DEFAULT_CLASSES),
     margin: int = ROI_MARGIN,
@@ -253,7 +252,7 @@ def eval_transforms(
     return Compose(_preprocess(_check_strategy(strategy), image_size, window, n_classes, margin) + _finalise())
 
 
-def inference_transforms(image_size: int = 128, window: Sequence[float] = HU_WINDOW, key: str = "image"):
+def inference_transforms(image_size: int = DEFAULT_IMAGE_SIZE, window: Sequence[float] = HU_WINDOW, key: str = "image"):
     """Chain for one 2D slice without masks: ``{key: path or HU array}`` -> (1, S, S) in [0, 1].
 
     The whole slice is resized (longest side to ``image_size``, padded to a square), since no

@@ -174,3 +174,16 @@ def test_inference_transforms(tmp_path: Path, real_dir: Path):
     _raises_liver_error(chain, {"image": np.zeros((4, 4, 4))}, match="not one 2D slice")
     real = chain({"image": str(real_dir / "dcmqi_ct3slice/ct/01.dcm")})["image"]
     assert real.shape == (1, S, S) and 0.0 <= float(real.min()) < float(real.max()) <= 1.0
+
+
+def test_one_image_size_check():
+    """The transforms, inference and the experiment share one check (multiple of 32, at least 32)."""
+    from monai_liver.constants import check_image_size
+    from monai_liver.errors import LiverError
+
+    assert check_image_size("64") == 64
+    for bad in (48, 16, 0, "x"):
+        with pytest.raises(LiverError):
+            check_image_size(bad)
+    with pytest.raises(LiverError, match="image_size 48: must be a multiple of 32"):
+        eval_transforms("joint", image_size=48)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from monai_liver.atomic import write_text
-from monai_liver.constants import INITS, LOCALISER, PRETRAIN_STRATEGY, STRATEGIES, bundles_dir
+from monai_liver.constants import INITS, LOCALISER, PRETRAIN_STRATEGY, STRATEGIES, bundles_dir, check_image_size
 from monai_liver.errors import LiverError
 
 __all__ = ["PRESETS", "ExperimentResult", "bundles_dir", "run_experiment", "add_arguments", "main"]
@@ -541,8 +541,7 @@ def run_experiment(
 
     check_backbone(str(opts["backbone"]))
     for k in ("image_size", "localiser_image_size"):
-        if int(opts[k]) % 32 or int(opts[k]) < 32:
-            raise LiverError(f"--{k.replace('_', '-')} must be a multiple of 32 (the encoder downsamples 5 times; got {opts[k]})")
+        check_image_size(opts[k], "--" + k.replace("_", "-"))
 
     bundles = bundles_dir()
     for s in [*strategies, PRETRAIN_STRATEGY]:

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from monai_liver.constants import DEFAULT_IMAGE_SIZE, check_image_size
 from monai_liver.errors import LiverError
 
 __all__ = ["export", "add_arguments", "main"]
@@ -74,7 +75,8 @@ def export(
         raise LiverError(f"{model}: trained at image size {trained}, not {image_size}; leave the size out to use the model's")
     parser.update(overrides)
     if image_size is None:
-        image_size = int(parser.get_parsed_content("image_size")) if "image_size" in parser else 128
+        image_size = int(parser.get_parsed_content("image_size")) if "image_size" in parser else DEFAULT_IMAGE_SIZE
+    image_size = check_image_size(image_size)
     try:
         net = parser.get_parsed_content("network_def")
     except Exception as e:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, bundles_dir
+from monai_liver.constants import DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, bundles_dir, check_image_size
 from monai_liver.errors import LiverError
 from monai_liver.strategies import get as get_strategy
 from monai_liver.strategies import names
@@ -128,9 +128,7 @@ def load_model(
     if class_names and settings.get("class_names") and list(class_names) != list(settings["class_names"]):
         raise LiverError(f"{model_file}: trained with classes {', '.join(settings['class_names'])}, not {', '.join(class_names)}")
     names = tuple(class_names or merged.get("class_names") or DEFAULT_CLASSES)
-    size = int(image_size or merged.get("image_size") or 128)
-    if size < 32 or size % 32:
-        raise LiverError(f"image size {size}: must be a multiple of 32 (the encoder downsamples 5 times)")
+    size = check_image_size(image_size or merged.get("image_size") or DEFAULT_IMAGE_SIZE)
     window = tuple(float(v) for v in merged.get("window", HU_WINDOW))
     from monai_liver.transforms import ROI_MARGIN
 
