@@ -8,6 +8,10 @@ DEFAULT_CLASSES: tuple[str, ...] = ("cyst", "hemangioma", "metastasis")
 #: Default CT window in Hounsfield units, scaled to [0, 1].
 HU_WINDOW: tuple[float, float] = (-200.0, 250.0)
 
+#: pixels kept around the liver's bounding box by the liver-ROI crop (before resizing); recorded
+#: with every model (its settings' ``roi_margin``)
+ROI_MARGIN = 16
+
 #: LiTS / MSD Task03 label values.
 BACKGROUND, LIVER, LESION = 0, 1, 2
 

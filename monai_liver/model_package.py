@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY
+from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY, ROI_MARGIN
 from monai_liver.errors import LiverError
 
 __all__ = [
@@ -87,7 +87,6 @@ def model_settings(
 ) -> dict[str, Any]:
     """The settings dict a bundle's ``BestModelSaver`` stores in ``model.pt`` (see the module doc)."""
     from monai_liver import __version__
-    from monai_liver.transforms import ROI_MARGIN
 
     names = [str(c) for c in class_names]
     settings: dict[str, Any] = {

@@ -24,7 +24,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from monai_liver.constants import DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, check_image_size
+from monai_liver.constants import DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, ROI_MARGIN, check_image_size
 from monai_liver.errors import LiverError
 from monai_liver.strategies import get as get_strategy
 
@@ -39,8 +39,6 @@ __all__ = [
     "window_ct",
 ]
 
-#: pixels kept around the liver's bounding box by the ROI crop (before resizing)
-ROI_MARGIN = 16
 
 def _check_strategy(strategy: str) -> str:
     return get_strategy(strategy).name  # LiverError naming the known strategies

@@ -395,6 +395,10 @@ def test_bundle_configs_are_generated_from_the_template() -> None:
     from monai_liver.bundle_configs import BUNDLE_VALUES, render
 
     assert set(BUNDLE_VALUES) == set(strategies.names()) == set(BUNDLES)
+    from monai_liver.constants import DEFAULT_IMAGE_SIZE, ROI_MARGIN
+
+    template = json.loads((ROOT / "bundles" / "_template" / "configs" / "train.json").read_text())
+    assert (template["image_size"], template["roi_margin"]) == (DEFAULT_IMAGE_SIZE, ROI_MARGIN)  # one default each
     for bundle in BUNDLES:
         for name, text in render(bundle).items():
             assert (ROOT / "bundles" / bundle / "configs" / name).read_text() == text, (

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_liver.constants import DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, bundles_dir, check_image_size
+from monai_liver.constants import DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, ROI_MARGIN, bundles_dir, check_image_size
 from monai_liver.errors import LiverError
 from monai_liver.strategies import get as get_strategy
 from monai_liver.strategies import names
@@ -130,8 +130,6 @@ def load_model(
     names = tuple(class_names or merged.get("class_names") or DEFAULT_CLASSES)
     size = check_image_size(image_size or merged.get("image_size") or DEFAULT_IMAGE_SIZE)
     window = tuple(float(v) for v in merged.get("window", HU_WINDOW))
-    from monai_liver.transforms import ROI_MARGIN
-
     margin = int(merged.get("roi_margin", ROI_MARGIN))
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(strategy=strategy, class_names=names, image_size=size, window=window, device=dev,
