@@ -21,26 +21,14 @@ import traceback
 from types import ModuleType
 
 from monai_liver.strategies import get as _get
-from monai_liver.strategies import names as _names
 
 __all__ = [
-    "SEG_STRATEGIES",
-    "CLS_HEAD_STRATEGIES",
-    "CLASS_STRATEGIES",
     "has_seg",
     "has_class",
     "install_excepthook",
     "find_liver_error",
 ]
 
-#: the built-in strategies by what they do (from the registry, :mod:`monai_liver.strategies`; code
-#: asks :func:`has_seg` / :func:`has_class` / the registry, which also know strategies added later):
-#: those whose network predicts a segmentation (lesion mask),
-SEG_STRATEGIES: tuple[str, ...] = tuple(s for s in _names() if _get(s).segments)
-#: those trained with a classification loss on a classification head,
-CLS_HEAD_STRATEGIES: tuple[str, ...] = tuple(s for s in _names() if _get(s).class_head)
-#: those that predict a slice class (joint: by a vote of the lesion pixels).
-CLASS_STRATEGIES: tuple[str, ...] = tuple(s for s in _names() if _get(s).classifies)
 
 _SUBMODULES = ("data", "prepare_batch", "loss", "metrics", "handlers", "evaluate", "tracking")
 

@@ -36,6 +36,8 @@ __all__ = [
     "rank",
     "load_model",
     "checkpoint_settings",
+    "read_checkpoint",
+    "settings_of",
     "set_bn_momentum",
     "BestModelSaver",
     "ResumeCheckpoint",
@@ -85,7 +87,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def _load(path: str | Path, map_location: Any = "cpu") -> Any:
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; LiverError for a missing, truncated or unsafe file."""
     path = Path(path)
     if not path.is_file():
         raise LiverError(f"{path}: checkpoint file does not exist")
@@ -99,18 +102,24 @@ def checkpoint_settings(path: str | Path) -> dict:
     """The training settings a ``model.pt`` of :class:`BestModelSaver` records (``strategy``,
     ``backbone``, ``image_size``, ``class_names``), or ``{}`` for a checkpoint without them (older
     runs, TorchScript files, other tools). Unreadable files raise LiverError as :func:`load_model`."""
-    ckpt = _load(path)
-    settings = ckpt.get("settings") if isinstance(ckpt, Mapping) else None
+    return settings_of(read_checkpoint(path))
+
+
+def settings_of(checkpoint: Any) -> dict:
+    """The ``"settings"`` of a checkpoint read by :func:`read_checkpoint` (``{}`` when it has none)."""
+    settings = checkpoint.get("settings") if isinstance(checkpoint, Mapping) else None
     return dict(settings) if isinstance(settings, Mapping) else {}
 
 
-def load_model(network: torch.nn.Module, path: str | Path, map_location: Any = "cpu") -> torch.nn.Module:
-    """Load ``{"model": state_dict}`` (or a bare state dict) from ``path`` into ``network`` (strict).
+def load_model(network: torch.nn.Module, path: str | Path, map_location: Any = "cpu",
+               checkpoint: Any = None) -> torch.nn.Module:
+    """Load ``{"model": state_dict}`` (or a bare state dict) from ``path`` into ``network`` (strict);
+    ``checkpoint``: the file's content already read by :func:`read_checkpoint` (not read again).
 
     LiverError when the file is missing or unreadable or its tensors do not fit the network (a
     checkpoint of another strategy or backbone). Returns ``network``.
     """
-    ckpt = _load(path, map_location)
+    ckpt = read_checkpoint(path, map_location) if checkpoint is None else checkpoint
     state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LiverError(f"{path}: checkpoint has no 'model' state dict")
@@ -189,7 +198,7 @@ class BestModelSaver:
         self.best: float | None = None
         self.best_epoch: int | None = None
         if resume and self.path.is_file():
-            ckpt = _load(self.path)
+            ckpt = read_checkpoint(self.path)
             if isinstance(ckpt, Mapping) and "key_metric_value" in ckpt:
                 self.best = _finite(ckpt["key_metric_value"])
                 self.best_epoch = int(ckpt.get("epoch", 0))
@@ -246,7 +255,7 @@ class ResumeCheckpoint:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         if not self.path.is_file():
             return
-        ckpt = _load(self.path, self.map_location)
+        ckpt = read_checkpoint(self.path, self.map_location)
         for key, obj in self.save_dict.items():
             if key not in ckpt:
                 raise LiverError(f"{self.path}: resume checkpoint has no '{key}'; delete it to start again")

@@ -84,9 +84,7 @@ def check_held_out(out: str | Path, device: str | None = None, log=print) -> lis
         log("   end-to-end check: skipped (the localiser does not record its held-out LiTS fold)")
         return []
     content = read_datalist(data["datalist"])
-    root = Path(content.get("dataset_dir") or Path(data["datalist"]).parent)
-    if not root.is_absolute():
-        root = (Path(data["datalist"]).parent / root).resolve()
+    root = Path(content["dataset_dir"])  # absolute: read_datalist resolves it
     predictor = load_models(package, device=device)
     figures = []
     for item in content["training"]:

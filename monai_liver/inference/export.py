@@ -99,9 +99,8 @@ def export(
                         use_trace=use_trace, **kwargs, **overrides)
         except Exception as e:
             raise LiverError(f"{out}: TorchScript export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        final = out if out.suffix else out.with_suffix(".ts")
-        target.replace(final)  # atomic: a reader never sees half a file
-    return final
+        target.replace(final_out)  # atomic: a reader never sees half a file
+    return final_out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,13 +19,11 @@ from typing import Any
 from monai_liver.constants import DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, ROI_MARGIN, bundles_dir, check_image_size
 from monai_liver.errors import LiverError
 from monai_liver.strategies import get as get_strategy
-from monai_liver.strategies import names
-from monai_liver.model_package import is_torchscript, package_files, read_settings
+from monai_liver.strategies import names as strategy_names
+from monai_liver.model_package import is_torchscript, package_files
 
-__all__ = ["SEGMENTING", "LoadedModel", "load_model", "load_bundle_model"]
+__all__ = ["LoadedModel", "load_model", "load_bundle_model"]
 
-#: built-in strategies whose network segments (infer needs a liver and a lesion mask; the registry decides)
-SEGMENTING = tuple(s for s in names() if get_strategy(s).segments)
 
 
 @dataclass
@@ -59,18 +57,19 @@ class _DictOutput:
         return {"seg": seg, "cls": joint_vote_logits(seg) if self.strategy == "joint" else None}
 
 
-def _torchscript_settings(path: Path) -> dict:
-    """Settings embedded by ``monai-liver export`` (the ``settings`` of its inference.json)."""
+def _load_torchscript(path: Path):
+    """(module on the CPU, in eval mode; the settings embedded by ``monai-liver export``: the
+    ``settings`` of its inference.json, ``{}`` for an export of a checkpoint without them)."""
     import torch
 
     extra = {"inference.json": ""}
     try:
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
         cfg = json.loads(extra["inference.json"] or "{}")
     except Exception as e:
         raise LiverError(f"{path}: not a loadable TorchScript model ({type(e).__name__})") from None
-    settings = cfg.get("settings")  # absent for an export of a checkpoint without settings
-    return dict(settings) if isinstance(settings, dict) else {}
+    settings = cfg.get("settings")
+    return module, dict(settings) if isinstance(settings, dict) else {}
 
 
 def _bundle_defaults(bundle: Path) -> dict:
@@ -111,8 +110,14 @@ def load_model(
         if not model.is_file():
             raise LiverError(f"{model}: no trained model found (train the bundle, or pass --model <model.pt or package folder>)")
     model_file, _ = package_files(model)
+    from monai_liver.engine.handlers import read_checkpoint, settings_of
+
     torchscript = is_torchscript(model_file)
-    settings = _torchscript_settings(model_file) if torchscript else read_settings(model_file)
+    if torchscript:  # each file is read once
+        module, settings = _load_torchscript(model_file)
+    else:
+        checkpoint = read_checkpoint(model_file)
+        settings = settings_of(checkpoint)
     defaults = _bundle_defaults(Path(bundle)) if bundle else {}
     if bundle and settings.get("strategy") and defaults.get("strategy") != settings["strategy"]:
         raise LiverError(f"{model_file}: a {settings['strategy']} model, not one of bundle {bundle} ({defaults.get('strategy')})")
@@ -121,7 +126,8 @@ def load_model(
     merged = {**defaults, **settings}
     strategy = str(merged.get("strategy", "joint"))
     if segmenting and not get_strategy(strategy).segments:
-        raise LiverError(f"{model_file}: infer needs a model that segments ({', '.join(SEGMENTING)}); '{strategy}' only classifies slices")
+        segmenting_ones = ", ".join(s for s in strategy_names() if get_strategy(s).segments)
+        raise LiverError(f"{model_file}: infer needs a model that segments ({segmenting_ones}); '{strategy}' only classifies slices")
     trained = merged.get("image_size") if settings.get("image_size") else None
     if image_size is not None and trained and int(image_size) != int(trained):
         raise LiverError(f"{model_file}: trained at image size {trained}, not {image_size}; leave the size out to use the model's")
@@ -135,16 +141,12 @@ def load_model(
     common = dict(strategy=strategy, class_names=names, image_size=size, window=window, device=dev,
                   bundle=str(bundle or ""), model_path=str(model_file), roi_margin=margin, settings=settings)
     if torchscript:
-        try:
-            module = torch.jit.load(str(model_file), map_location=dev).eval()
-        except Exception as e:
-            raise LiverError(f"{model_file}: not a loadable TorchScript model ({type(e).__name__})") from None
-        return LoadedModel(_DictOutput(module, strategy), torchscript=True, **common)
+        return LoadedModel(_DictOutput(module.to(dev), strategy), torchscript=True, **common)
     from monai_liver.engine.handlers import load_model as load_weights
     from monai_liver.networks.factory import build_network
 
     net = build_network(strategy, n_classes=len(names), backbone=str(merged.get("backbone", "efficientnet-b0")))
-    load_weights(net, model_file, map_location="cpu")
+    load_weights(net, model_file, checkpoint=checkpoint)
     return LoadedModel(net.to(dev).eval(), **common)
 
 

@@ -43,7 +43,7 @@ def check_volume(predictor, volume: str | Path, segmentation: str | Path, out: s
     lesion_map = np.asanyarray(nib.load(str(out / "lesion.nii.gz")).dataobj)
     lesion = lesion_map > 0
     comps, n_ref = ndimage.label(ref >= 2, structure=np.ones((3, 3, 3), bool))
-    _, n_pred = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
+    pred_comps, n_pred = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
     types = np.asanyarray(nib.load(str(lesion_types)).dataobj) if lesion_types else None
     hit, typed, right = 0, 0, 0
     for i in range(1, n_ref + 1):
@@ -57,7 +57,6 @@ def check_volume(predictor, volume: str | Path, segmentation: str | Path, out: s
             if t:
                 typed += 1
                 right += int(np.bincount(lesion_map[overlap]).argmax() == t)
-    pred_comps, _ = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
     false = len(set(np.unique(pred_comps[lesion & ~(ref >= 2)])) - set(np.unique(pred_comps[lesion & (ref >= 2)])))
     figures = {
         "volume": str(volume),

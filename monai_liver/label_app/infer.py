@@ -48,10 +48,10 @@ def bundle_labels(bundle: str | os.PathLike) -> tuple[dict[str, int], list[str]]
     return labels, types
 
 
-def load_study(path: str | os.PathLike) -> tuple[np.ndarray, Any]:
-    """A study -> (volume (X, Y, Z) float32 HU in RAS, reference) where ``reference`` is the
-    nibabel image (NIfTI: the mask is written back in its own orientation and affine) or the RAS
-    affine (DICOM series / file, through :func:`monai_liver.data.io.load_ct`)."""
+def load_study(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, Any]:
+    """A study -> (volume (X, Y, Z) float32 HU in RAS, its RAS affine, reference) where ``reference``
+    is the nibabel image (NIfTI: the mask is written back in its own orientation and affine) or the
+    RAS affine (DICOM series / file, through :func:`monai_liver.data.io.load_ct`)."""
     import nibabel as nib
 
     path = Path(path)
@@ -70,23 +70,11 @@ def load_study(path: str | os.PathLike) -> tuple[np.ndarray, Any]:
             raise
         except Exception as e:  # nibabel raises several types for truncated or non-NIfTI files
             raise LiverError(f"{path}: cannot read the NIfTI image ({type(e).__name__}: {e})") from e
-        return vol, nib.load(str(path))
+        return vol, np.asarray(canonical.affine), nib.load(str(path))
     from monai_liver.data.io import load_ct
 
     vol, affine = load_ct(path)
-    return np.asarray(vol, dtype=np.float32), np.asarray(affine)
-
-
-def _ras_affine(volume: np.ndarray, reference: Any) -> np.ndarray:
-    """The RAS affine of ``volume`` as :func:`load_study` returned it (the predictor needs the pixel
-    area in mm2 to skip slices with little liver)."""
-    import nibabel as nib
-
-    if isinstance(reference, nib.spatialimages.SpatialImage):
-        shape = (tuple(reference.shape[:3]) + (1, 1))[:3]  # 2D files: one slice; 4D: the first volume
-        img = nib.Nifti1Image(np.zeros(shape, np.uint8), reference.affine)
-        return nib.as_closest_canonical(img).affine
-    return np.asarray(reference)
+    return np.asarray(vol, dtype=np.float32), np.asarray(affine), np.asarray(affine)
 
 
 def restore_orientation(label_ras: np.ndarray, reference: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -175,9 +163,9 @@ class JointInferTask(BasicInferTask):
         path = data.get("image_path") or data.get("image")
         if not isinstance(path, str):
             raise LiverError("request: 'image' must be a study id or a file path")
-        volume, reference = load_study(path)
+        volume, ras_affine, reference = load_study(path)
         predictor = self.predictor(device)
-        pred = predictor(volume, _ras_affine(volume, reference))
+        pred = predictor(volume, ras_affine)  # the affine gives the pixel area (mm2) for min_liver_mm2
         summary = study_summary(pred, self.class_names)
         label = pred.label
         labels = {"background": 0, **self.labels}

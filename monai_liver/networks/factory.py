@@ -10,12 +10,8 @@ from torch import nn
 from monai_liver.errors import LiverError
 from monai_liver.networks.backbone import DEFAULT_BACKBONE, DEFAULT_DECODER_CHANNELS, check_backbone
 from monai_liver.strategies import get as get_strategy
-from monai_liver.strategies import names
 
-__all__ = ["NETWORK_STRATEGIES", "build_network", "seg_channels"]
-
-#: strategies build_network knows when this module is imported (the registry may gain more later)
-NETWORK_STRATEGIES: tuple[str, ...] = names()
+__all__ = ["build_network", "seg_channels"]
 
 
 def _check_strategy(strategy: str) -> str:
