@@ -118,7 +118,7 @@ def bare_loop(strategy: str, backbone: str, n_classes: int, train, budget: float
 
 
 def bundle_run(strategy: str, backbone: str, datalist: Path, fold: int, image_size: int, budget: float, batch: int,
-               lr: float, seed: int, out: Path, extra: dict):
+               lr: float, seed: int, out: Path, extra: dict, val_interval: int = 5):
     """``python -m monai.bundle run`` of the strategy's train.json for ``budget`` seconds of training;
     returns (network with the last weights, epochs, training slices/s)."""
     import csv
@@ -130,7 +130,7 @@ def bundle_run(strategy: str, backbone: str, datalist: Path, fold: int, image_si
     bundle = ROOT / "bundles" / strategy
     args = {"datalist": str(datalist), "fold": fold, "image_size": image_size, "backbone": backbone,
             "batch_size": batch, "learning_rate": lr, "seed": seed, "max_seconds": budget,
-            "output_dir": str(out), "progress": False, **extra}
+            "output_dir": str(out), "progress": False, "val_interval": val_interval, **extra}
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
            "--bundle_root", str(bundle)]
     for k, v in args.items():
@@ -154,13 +154,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datalist", type=Path, required=True, help="lesion-type datalist (monai-liver datalist --manifest)")
     p.add_argument("--strategy", default="joint", choices=("cls_baseline", "seg_baseline", "ynet", "joint"))
-    p.add_argument("--backbone", default="basicunet")
+    p.add_argument("--backbone", default="basicunet-small", help="the quick preset's (default) or another")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--budget", type=float, default=76.0, help="training seconds per way")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-interval", type=int, default=5,
+                   help="bundle: validate every N epochs (the quick preset's 5; the bare loop never validates)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--skip-bundle", action="store_true")
     p.add_argument("--skip-bare", action="store_true")
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
         if not a.skip_bundle:
             extra.setdefault("epochs", rows["bare"]["epochs"] if "bare" in rows else 1000)
             net, epochs, rate = bundle_run(a.strategy, a.backbone, a.datalist, a.fold, a.image_size, a.budget,
-                                           a.batch_size, a.lr, a.seed, tmp / "bundle", extra)
+                                           a.batch_size, a.lr, a.seed, tmp / "bundle", extra, a.val_interval)
             rows["bundle"] = {**score(net, *val), "epochs": epochs, "slices_per_s": rate}
     print(f"{a.strategy}, {a.backbone}, {a.image_size} px, batch {a.batch_size}, lr {a.lr}, budget {a.budget:.0f} s, "
           f"fold {a.fold} held out ({len(val[0])} slices), torch threads {torch.get_num_threads()}")

@@ -181,7 +181,10 @@ def _preprocess(strategy: str, image_size: int, window: Sequence[float], n_class
         StrategyTargetd(strategy, n_classes=n_classes, keys="seg"),
         *([CropForegroundd(keys, source_key="seg", select_fn=foreground_or_all, margin=int(margin), allow_smaller=True)]
           if int(margin) >= 0 else []),  # a negative margin: whole slices (the liver localiser)
-        Resized(keys, spatial_size=int(image_size), size_mode="longest", mode=("bilinear", "nearest"),
+        # labels by "nearest-exact" (pixel centres, as the bilinear image): plain "nearest" samples
+        # the top-left source pixel, shifting the labels by (scale - 1) / 2 source pixels against the
+        # image (a third of a pixel at 192 -> 64), which cost 0.04-0.06 held-out lesion Dice
+        Resized(keys, spatial_size=int(image_size), size_mode="longest", mode=("bilinear", "nearest-exact"),
                 anti_aliasing=(True, False)),
         SpatialPadd(keys, spatial_size=(int(image_size), int(image_size))),
     ]
@@ -206,7 +209,7 @@ def train_transforms(
 
     Augmentation (2D, after the resize so it costs little): rotation up to 15 degrees, zoom
     0.9-1.1, flips along either axis, intensity scale and shift (clipped back to [0, 1]); ``seg``
-    always by nearest neighbour. Deterministic parts come first, so ``CacheDataset`` caches them.
+    always by nearest neighbour (pixel-centred). Deterministic parts come first, so ``CacheDataset`` caches them.
     The bundles leave ``augment`` off and augment the batch instead
     (:func:`monai_liver.engine.prepare_batch.augment_batch`: cheaper per slice). Items come out as
     plain tensors (no MetaTensor: training needs no metadata, and plain tensors collate faster).
@@ -226,7 +229,7 @@ def train_transforms(
         keys = ["image", "seg"]
         chain += [
             RandRotated(keys, range_x=np.pi / 12, prob=0.3, mode=("bilinear", "nearest"), padding_mode="zeros"),
-            RandZoomd(keys, prob=0.3, min_zoom=0.9, max_zoom=1.1, mode=("bilinear", "nearest"), padding_mode="constant"),
+            RandZoomd(keys, prob=0.3, min_zoom=0.9, max_zoom=1.1, mode=("bilinear", "nearest-exact"), padding_mode="constant"),
             RandFlipd(keys, prob=0.2, spatial_axis=0),
             RandFlipd(keys, prob=0.2, spatial_axis=1),
             RandScaleIntensityd("image", factors=0.1, prob=0.3),

@@ -138,6 +138,8 @@ def test_experiment_kill_resume(data, tmp_path):
     top = client.get_run(parent)
     assert top.info.status == "FINISHED"
     assert {"results.csv", "results.md", "report.html", "figures"} <= {a.path for a in client.list_artifacts(parent)}
+    # every run's artifacts sit beside the experiment's database, never in ./mlruns of the caller
+    assert all(r.info.artifact_uri.startswith((out / "mlruns").resolve().as_uri()) for r in [top, *children])
 
     # resuming with other settings is refused with one clear line
     bad = subprocess.run(_cmd(out, data, epochs=2), env=env, capture_output=True, text=True, timeout=300)

@@ -1,5 +1,5 @@
 """Guard against strategies that stop learning: each bundle, run through ``python -m monai.bundle
-run`` with the quick preset's recipe (BasicUNet, batch 8, lr 5e-3, batch Dice, augmentation on the
+run`` with the quick preset's recipe (basicunet-small, batch 8, lr 5e-3, batch Dice, augmentation on the
 batch), must fit a small phantom set.
 
 This is a capacity check, not a held-out score: the run trains and validates on the same 16 slices
@@ -53,7 +53,7 @@ def test_strategy_learns(strategy: str, small_set: Path, tmp_path: Path) -> None
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", str(bundle / "configs" / "train.json"), "--bundle_root", str(bundle),
-        "--datalist", str(small_set), "--fold", "-1", "--backbone", "basicunet", "--image_size", "64",
+        "--datalist", str(small_set), "--fold", "-1", "--backbone", "basicunet-small", "--image_size", "64",
         "--batch_size", "8", "--learning_rate", "0.005", "--epochs", str(EPOCHS), "--val_interval", str(EPOCHS),
         "--num_workers", "0", "--seed", "0", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
     ]  # fmt: skip

@@ -89,3 +89,5 @@ def test_tracking_default_sqlite_and_explicit_uri(datalist, tmp_path) -> None:
     assert [r.info.run_name for r in found] == ["my-run"] and found[0].info.status == "FINISHED"
     assert json.loads(json.dumps(found[0].data.params))["strategy"] == "ynet"
     assert "model.pt" in {a.path for a in client.list_artifacts(found[0].info.run_id)}
+    # ... and its artifacts sit beside that database, not in ./mlruns of wherever the command ran
+    assert found[0].info.artifact_uri.startswith((tmp_path / "store" / "mlruns").as_uri()), found[0].info.artifact_uri

@@ -203,17 +203,18 @@ def test_no_unused_parameters_in_training():
     assert math.isfinite(float(out["seg"].mean()))
 
 
+@pytest.mark.parametrize("backbone", ["basicunet", "basicunet-small"])
 @pytest.mark.parametrize("strategy", ["lits_pretrain", "cls_baseline", "seg_baseline", "ynet", "joint"])
-def test_basicunet_backbone_in_every_strategy(strategy):
+def test_basicunet_backbone_in_every_strategy(strategy, backbone):
     """MONAI's BasicUNet as a backbone of the one family: same output contract, FlexibleUNet's
     parameter names, and the LiTS mapping onto every strategy."""
     from monai.networks.nets import BasicUNet
 
-    from monai_liver.networks.backbone import BASIC_UNET_FEATURES
+    from monai_liver.networks.backbone import BASIC_UNETS
     from monai_liver.networks.factory import build_network, seg_channels
     from monai_liver.networks.init import initialise
 
-    net = build_network(strategy, n_classes=3, backbone="basicunet").eval()
+    net = build_network(strategy, n_classes=3, backbone=backbone).eval()
     with torch.no_grad():
         out = net(torch.rand(2, 1, 64, 64))
     c = seg_channels(strategy, 3)
@@ -222,10 +223,10 @@ def test_basicunet_backbone_in_every_strategy(strategy):
     keys = net.state_dict().keys()
     assert all(k.split(".")[0] in ("encoder", "decoder", "segmentation_head", "cls_head") for k in keys)
     if c:  # the U-Nets hold exactly MONAI's BasicUNet (no parameter added or lost)
-        n_ref = sum(p.numel() for p in BasicUNet(2, 1, c, features=BASIC_UNET_FEATURES).parameters())
+        n_ref = sum(p.numel() for p in BasicUNet(2, 1, c, features=BASIC_UNETS[backbone]).parameters())
         n_unet = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("cls_head"))
         assert n_unet == n_ref
-    lits = build_network("lits_pretrain", backbone="basicunet")
+    lits = build_network("lits_pretrain", backbone=backbone)
     counts = initialise(net, "lits", lits_checkpoint=_save(lits))
     assert counts["loaded"] >= sum(1 for k in keys if k.startswith("encoder.") and not k.endswith("num_batches_tracked"))
 

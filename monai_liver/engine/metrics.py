@@ -27,6 +27,7 @@ import torch
 
 from monai_liver.engine import has_class, has_seg
 from monai_liver.errors import LiverError
+from monai_liver.networks.ops import channel_argmax
 from monai_liver.strategies import get as get_strategy
 
 __all__ = [
@@ -76,7 +77,7 @@ def metric_names(strategy: str) -> tuple[str, ...]:
 
 def lesion_from_logits(seg_logits: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) logits -> (B, 1, H, W) bool predicted lesion (argmax >= 2)."""
-    return seg_logits.argmax(dim=1, keepdim=True) >= 2
+    return channel_argmax(seg_logits, dim=1, keepdim=True) >= 2
 
 
 def lesion_from_target(seg: torch.Tensor) -> torch.Tensor:
@@ -119,7 +120,7 @@ def from_liver(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``engine.state.output`` -> (y_pred, y): one-hot liver masks (B, 2, H, W); liver = label >= 1
     (lesions lie in the liver), predicted = argmax >= 1."""
     pred, label = _batch_output(output)
-    return _two_channel(pred["seg"].detach().argmax(dim=1, keepdim=True) >= 1), _two_channel(label["seg"] >= 1)
+    return _two_channel(channel_argmax(pred["seg"].detach(), dim=1, keepdim=True) >= 1), _two_channel(label["seg"] >= 1)
 
 
 def from_class(output: Any) -> tuple[torch.Tensor, torch.Tensor]:

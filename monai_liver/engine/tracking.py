@@ -23,7 +23,7 @@ from typing import Any
 
 from monai_liver.errors import LiverError
 
-__all__ = ["default_tracking_uri", "run_name", "check_tracking_uri", "configure_mlflow", "training_loss", "PARAM_NAMES"]
+__all__ = ["default_tracking_uri", "artifact_location", "run_name", "check_tracking_uri", "configure_mlflow", "training_loss", "PARAM_NAMES"]
 
 #: parameters every training run logs.
 PARAM_NAMES: tuple[str, ...] = ("strategy", "init", "fold", "epochs", "lr", "batch_size", "image_size", "seed")
@@ -34,6 +34,18 @@ def default_tracking_uri(output_dir: str | Path) -> str:
     path = Path(output_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return "sqlite:///" + (path / "mlflow.db").as_posix()
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new MLflow experiment keeps its artifacts: ``file://<folder of the SQLite file>/mlruns``
+    for a ``sqlite:///`` store, as MONAI's ``MLFlowHandler`` chooses for the experiments it creates
+    (MLflow's own default is ``./mlruns`` under whatever directory the command was started in);
+    None (the server decides) for any other store."""
+    uri = str(tracking_uri)
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    return (db.parent / "mlruns").resolve().as_uri()
 
 
 def run_name(strategy: str, init: str, fold: int | str) -> str:

@@ -48,12 +48,13 @@ __all__ = ["PRESETS", "ExperimentResult", "bundles_dir", "run_experiment", "add_
 
 #: Scale presets. ``quick``: CPU, every strategy x {scratch, lits} x 2 folds (+ the liver localiser) in about 11 minutes on 2 cores
 #: (phantoms); ``full``: the paper's scale (all 332 slices, 5 folds, 256 px) for a GPU.
-#: quick uses MONAI's BasicUNet (16..256 features, instance norm): on 2 CPU cores it learnt about twice as
-#: much per second as EfficientNet-B0 (benchmarks/bench_learning.py, README); batch 8 at lr 5e-3 with a
-#: cosine schedule learnt more per second than batch 16 at 2e-3 in the same benchmark.
+#: quick uses MONAI's BasicUNet with half the deep channels (basicunet-small, 16..128 features, instance
+#: norm): on 2 CPU cores BasicUNet learnt about twice as much per second as EfficientNet-B0, and the small
+#: one as much per epoch as the 16..256 one at twice the epochs per second (benchmarks/bench_learning.py,
+#: README); batch 8 at lr 5e-3 with a cosine schedule learnt more per second than batch 16 at 2e-3.
 PRESETS: dict[str, dict] = {
-    "quick": {"folds": 2, "epochs": 10, "lits_epochs": 8, "localiser_epochs": 16, "localiser_image_size": 96, "image_size": 64, "batch_size": 8, "max_slices": 0,
-              "learning_rate": 0.005, "val_interval": 5, "backbone": "basicunet",
+    "quick": {"folds": 2, "epochs": 20, "lits_epochs": 16, "localiser_epochs": 16, "localiser_image_size": 96, "image_size": 64, "batch_size": 8, "max_slices": 0,
+              "learning_rate": 0.005, "val_interval": 5, "backbone": "basicunet-small",
               "num_workers": 0, "lits_volumes": 6, "lits_shape": (160, 160, 48), "isolation": "inprocess"},
     "full": {"folds": 5, "epochs": 100, "lits_epochs": 50, "localiser_epochs": 50, "localiser_image_size": 256, "image_size": 256, "batch_size": 16, "max_slices": 0,
              "learning_rate": 0.001, "backbone": "efficientnet-b0",
@@ -394,13 +395,14 @@ class _Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        from monai_liver.engine.tracking import check_tracking_uri
+        from monai_liver.engine.tracking import artifact_location, check_tracking_uri
 
         self.uri, self.log = check_tracking_uri(uri), log
         self.client = MlflowClient(tracking_uri=self.uri)
         self.mlflow = mlflow
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.experiment_id = (exp.experiment_id if exp else
+                              self.client.create_experiment(experiment, artifact_location=artifact_location(self.uri)))
         self.experiment = experiment
         state = out / "mlflow_parent.json"
         run_id = None

@@ -16,6 +16,7 @@ from typing import Dict, Optional
 import torch
 
 from monai_liver.networks.backbone import DEFAULT_BACKBONE, DEFAULT_DECODER_CHANNELS, LiverUNet
+from monai_liver.networks.ops import channel_argmax
 
 __all__ = [
     "JointNet",
@@ -34,7 +35,7 @@ def _type_mass(seg_logits: torch.Tensor) -> torch.Tensor:
     """
     prob = torch.softmax(seg_logits.float(), dim=1)
     types = torch.flatten(prob[:, 2:], start_dim=2)  # (B, K, N)
-    voting = (torch.flatten(prob.argmax(dim=1), start_dim=1) >= 2).unsqueeze(1)  # (B, 1, N)
+    voting = (torch.flatten(channel_argmax(prob, dim=1), start_dim=1) >= 2).unsqueeze(1)  # (B, 1, N)
     mass_lesion = (types * voting.to(types.dtype)).sum(dim=2)
     mass_all = types.sum(dim=2)
     has_lesion = voting.flatten(start_dim=1).any(dim=1, keepdim=True)  # (B, 1)
@@ -73,7 +74,7 @@ def lesion_mask(seg_logits: torch.Tensor) -> torch.Tensor:
     For the joint network this is the union of the type channels; for 3-channel networks it is
     argmax == 2.
     """
-    return seg_logits.argmax(dim=1, keepdim=True) >= 2
+    return channel_argmax(seg_logits, dim=1, keepdim=True) >= 2
 
 
 class JointNet(LiverUNet):
