@@ -478,3 +478,11 @@ def test_augment_batch_flips_image_and_label_together():
     batch = {"image": image, "seg": seg, "cls": torch.zeros(64, dtype=torch.long)}
     x, y = PrepareBatchSegCls()(batch)
     assert torch.equal(x, image) and torch.equal(y["seg"], seg)  # evaluation: no augmentation
+    # Gaussian noise of a per-slice sigma in [0, noise): the label untouched, the image still in [0, 1]
+    flat = torch.full((64, 1, 32, 32), 0.5)
+    noisy, same = augment_batch(flat, torch.zeros_like(flat, dtype=torch.long), flip_prob=0.0, intensity=0.0, noise=0.1)
+    sigma = noisy.flatten(1).std(dim=1)
+    assert noisy.min() >= 0 and noisy.max() <= 1 and not same.any()
+    assert 0.0 < float(sigma.min()) and float(sigma.max()) < 0.12 and float(sigma.std()) > 0.01  # per slice
+    x, _ = PrepareBatchSegCls(augment=True, noise=0.1)(batch)
+    assert not torch.equal(x, image)

@@ -18,14 +18,15 @@ def _plain(x: Any) -> torch.Tensor:
 
 
 def augment_batch(
-    image: torch.Tensor, seg: torch.Tensor, flip_prob: float = 0.5, intensity: float = 0.1
+    image: torch.Tensor, seg: torch.Tensor, flip_prob: float = 0.5, intensity: float = 0.1, noise: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random augmentation of a batch, per slice, on the batch's device.
 
     ``image`` (B, 1, H, W) in [0, 1], ``seg`` (B, 1, H, W): each slice is flipped along each
     spatial axis with probability ``flip_prob`` (image and label alike), and its intensities are
-    scaled by ``1 + U(-intensity, intensity)`` and shifted by ``U(-intensity, intensity) / 2``, then
-    clipped to [0, 1]. Written here because MONAI's random transforms draw one set of parameters per
+    scaled by ``1 + U(-intensity, intensity)`` and shifted by ``U(-intensity, intensity) / 2``, and
+    gets Gaussian noise of standard deviation ``U(0, noise)`` (in window units: 0.05 is 22 HU in the
+    default 450 HU window), then is clipped to [0, 1]. Written here because MONAI's random transforms draw one set of parameters per
     call, i.e. per item, so they run per slice in the data loader: at 64 px on a CPU that cost more
     than the network step (see ``benchmarks/bench_learning.py``). Returns new tensors.
     """
@@ -39,6 +40,9 @@ def augment_batch(
         scale = 1.0 + (torch.rand(shape, device=image.device) * 2 - 1) * intensity
         shift = (torch.rand(shape, device=image.device) * 2 - 1) * intensity / 2
         image = (image * scale + shift).clamp_(0.0, 1.0)
+    if noise > 0:
+        sigma = torch.rand((n, *([1] * (image.ndim - 1))), device=image.device) * noise
+        image = (image + sigma * torch.randn_like(image)).clamp_(0.0, 1.0)
     return image, seg
 
 
@@ -48,14 +52,16 @@ class PrepareBatchSegCls(PrepareBatch):
     Returns ``image (B, 1, H, W) float`` and ``{"seg": (B, 1, H, W) long, "cls": (B,) long}`` (``cls``
     -1 where the slice has no lesion type, ``seg`` all zeros when the batch has none), all on
     ``device``. The engines keep ``engine.state.output["label"]`` as this dict. ``augment=True``
-    (the trainer's) applies :func:`augment_batch` on the device.
+    (the trainer's) applies :func:`augment_batch` on the device, with Gaussian noise up to ``noise``.
     """
 
     def __init__(
-        self, image_key: str = "image", seg_key: str = "seg", cls_key: str = "cls", augment: bool = False
+        self, image_key: str = "image", seg_key: str = "seg", cls_key: str = "cls", augment: bool = False,
+        noise: float = 0.0,
     ) -> None:
         self.image_key, self.seg_key, self.cls_key = image_key, seg_key, cls_key
         self.augment = bool(augment)
+        self.noise = float(noise)
 
     def __call__(
         self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
@@ -69,5 +75,5 @@ class PrepareBatchSegCls(PrepareBatch):
         to = dict(device=device, non_blocking=non_blocking, **kwargs)
         image, seg = image.to(**to), seg.to(**to)
         if self.augment:
-            image, seg = augment_batch(image, seg)
+            image, seg = augment_batch(image, seg, noise=self.noise)
         return image, {"seg": seg, "cls": cls.to(**to)}
