@@ -32,6 +32,7 @@ __all__ = [
     "ROI_MARGIN",
     "LoadCTSliced",
     "StrategyTargetd",
+    "cached_on_device",
     "eval_transforms",
     "foreground_or_all",
     "inference_transforms",
@@ -251,6 +252,19 @@ def eval_transforms(
     from monai.transforms import Compose
 
     return Compose(_preprocess(_check_strategy(strategy), image_size, window, n_classes, margin) + _finalise())
+
+
+def cached_on_device(chain, device, enabled: bool = True):
+    """``chain`` (a ``Compose``) followed by MONAI's ``ToDeviced`` of image and label to ``device``
+    when ``enabled``: with the chain deterministic, ``CacheDataset`` then keeps every preprocessed slice
+    on the GPU and a training step copies nothing from the host (the bundles' ``cache_on_device``,
+    on by default where CUDA is available; the data loaders then run without worker processes).
+    Returns ``chain`` itself when not enabled."""
+    from monai.transforms import Compose, ToDeviced
+
+    if not enabled:
+        return chain
+    return Compose([*chain.transforms, ToDeviced(["image", "seg"], device=device, allow_missing_keys=True)])
 
 
 def inference_transforms(image_size: int = DEFAULT_IMAGE_SIZE, window: Sequence[float] = HU_WINDOW, key: str = "image"):

@@ -124,7 +124,10 @@ def test_bundle_files_and_ids(bundle) -> None:
         assert sub in train["validate"], sub
     assert train["train"]["trainer"]["train_handlers"] == "@train#handlers"
     assert train["validate"]["evaluator"]["val_handlers"] == "@validate#handlers"
-    assert train["train"]["trainer"]["compile"] is False and train["train"]["trainer"]["decollate"] is False
+    assert train["train"]["trainer"]["compile"] == "@compile" and train["compile"] is False  # measured before a default
+    assert train["train"]["trainer"]["decollate"] is False
+    for engine in (train["train"]["trainer"], train["validate"]["evaluator"]):  # the fast path, one value each
+        assert engine["amp"] == "@amp" and engine["amp_kwargs"] == {"dtype": "@amp_dtype"}
     assert train["train"]["inferer"]["_target_"] == "SimpleInferer"
     meta = json.loads((configs / "metadata.json").read_text())
     assert [k for k in META_KEYS if k not in meta] == []
