@@ -258,7 +258,7 @@ def cached_on_device(chain, device, enabled: bool = True):
     """``chain`` (a ``Compose``) followed by MONAI's ``ToDeviced`` of image and label to ``device``
     when ``enabled``: with the chain deterministic, ``CacheDataset`` then keeps every preprocessed slice
     on the GPU and a training step copies nothing from the host (the bundles' ``cache_on_device``,
-    on by default where CUDA is available; the data loaders then run without worker processes).
+    on by default when the bundle's device is a GPU; the data loaders then run without worker processes).
     Returns ``chain`` itself when not enabled."""
     from monai.transforms import Compose, ToDeviced
 
