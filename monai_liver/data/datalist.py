@@ -292,8 +292,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="JSON", help="datalist to write, e.g. data_lists/NAME.json")
     parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the fold split (default 0)")
+    from monai_liver.constants import DEFAULT_CLASSES
+
     parser.add_argument("--classes", default=None, help="manifest class names, comma-separated "
-                        "(default cyst,hemangioma,metastasis)")
+                        f"(default {','.join(DEFAULT_CLASSES)})")
     parser.add_argument("--allow-outside", action="store_true",
                         help="manifest: accept image and mask paths outside the manifest's folder")
 
