@@ -152,7 +152,7 @@ class RayExecutor:
         # ray.init installs its own SIGTERM handler (sys.exit): keep the runner's, which stops cleanly
         main = threading.current_thread() is threading.main_thread()
         term = signal.getsignal(signal.SIGTERM) if main else None
-        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+        quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
         try:
             if self.address == "auto":
                 try:
@@ -243,6 +243,12 @@ class RayExecutor:
         task = ray.remote(num_gpus=1, max_calls=1)(_ray_run) if self.use_gpu else ray.remote(_ray_run)
         pending: dict = {}
         by_name: dict = {}
+        # Ctrl-C / SIGTERM are noted here and acted on between waits: an exception raised by a handler inside
+        # Ray's wait would come out as SystemExit(1), and the cancelling below must not be interrupted
+        signals: list[int] = []
+        main = threading.current_thread() is threading.main_thread()
+        old = {sig: signal.signal(sig, lambda signum, _: signals.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)} \
+            if main else {}
         try:
             for spec in specs:
                 after = [by_name[a] for a in spec.after if a in by_name]
@@ -253,13 +259,18 @@ class RayExecutor:
             if specs:
                 self.log(f"== {len(specs)} run(s) submitted to the Ray cluster")
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # 1 s: signals are handled
+                if signals:
+                    raise SystemExit(128 + signals[0])
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
                     spec = pending.pop(ref)
                     progress.finished(self._result(ref, spec))
         except BaseException:
             self._cancel(list(pending))
             raise
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
     def _result(self, ref, spec) -> dict:
         ray = self.ray
