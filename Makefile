@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -c constraints.txt -e ".[dev,label]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,label,cluster]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -317,30 +318,107 @@ def _dataset_dir_of(path: Path, content: dict) -> Path:
     return d if d.is_absolute() else (path.parent / d).resolve()
 
 
-def _pretrain(run_dir: Path, bundle: Path, key: str, overrides: dict, tracking: dict, env: dict,
-              isolation: str, tracker, times: dict, log) -> None:
-    """Train one LiTS pretraining run (lits_pretrain bundle) into ``run_dir`` unless it has ``DONE``;
-    write its held-out figures (the epoch with the best ``key``) to ``run_dir/metrics.json``."""
-    name = run_dir.name
-    if (run_dir / "DONE").is_file():
-        log(f"== {name}: done before ({run_dir}), not run again")
-        return
-    with _stage(name, times, log):
-        _log_line(run_dir.parents[1], f"start {name} scratch fold0")
-        _run_bundle(bundle, ["train.json"], {**overrides, **tracking}, run_dir / "train.log", env, isolation)
-        if not (run_dir / "model.pt").is_file():
-            raise LiverError(f"{run_dir}: {name} finished without writing model.pt (see {run_dir / 'train.log'})")
-        if tracker:
-            from monai_liver.engine.tracking import run_name
+@dataclass(frozen=True)
+class RunSpec:
+    """One bundle run of the experiment (a strategy x init x fold run, or a LiTS pretraining): all that
+    :func:`execute_run` needs, wherever it executes (this process, or a Ray task on another node)."""
 
-            tracker.attach_child(run_name(name, "scratch", 0), None, {"stage": "pretrain"})
-        held_out = pretrain_metrics(run_dir, key)
-        write_text(run_dir / "metrics.json", json.dumps(held_out, indent=2) + "\n")
-        log(f"   {name} held-out LiTS fold 0 ({held_out.get('epoch')} epochs, best {key}): "
-            f"liver Dice {held_out.get('val_liver_dice', float('nan')):.3f}, "
-            f"lesion Dice {held_out.get('val_dice', float('nan')):.3f}")
-        write_text(run_dir / "DONE", json.dumps({"finished": time.time()}) + "\n")
-        _log_line(run_dir.parents[1], f"done {name} scratch fold0")
+    name: str  #: shown in progress lines: "joint / lits / fold 1", or "lits_pretrain"
+    out: Path  #: the experiment folder (on a filesystem every node mounts at the same path)
+    run_dir: Path
+    bundle: str  #: bundle name, looked up under :func:`bundles_dir` where the run executes
+    overrides: dict  #: config overrides of train.json / evaluate.json (``bundle_root`` is set where it runs)
+    tracking: dict  #: tracking overrides of the training run ({} without MLflow)
+    env: dict  #: environment variables for the bundle, over the executing process's own
+    isolation: str  #: "inprocess" or "subprocess" (see :func:`_run_bundle`)
+    strategy: str
+    init: str
+    fold: int
+    pretrain_key: str = ""  #: set for a pretraining: the train_log.csv figure that chose its model.pt
+    after: tuple[str, ...] = ()  #: names of runs whose output this one reads (the LiTS checkpoint)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """At most one process runs in ``run_dir``: a retried or resubmitted run waits for a stale one to die."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".run.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _figures(spec: RunSpec) -> dict:
+    """The held-out figures of a finished run, for the progress line (a pretraining: held-out LiTS fold 0)."""
+    run_dir = Path(spec.run_dir)
+    path = run_dir / ("metrics.json" if spec.pretrain_key else "eval/metrics.json")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    keys = {"val_liver_dice": "liver Dice", "val_dice": "lesion Dice"} if spec.pretrain_key else \
+        {"acc": "acc", "dice": "Dice", "recall": "recall"}
+    return {name: float(m[k]) for k, name in keys.items() if isinstance(m.get(k), (int, float)) and m[k] == m[k]}
+
+
+def execute_run(spec: RunSpec, tracker: _Tracker | None = None, node: str = "") -> dict:
+    """Train and evaluate one run, then write its ``DONE`` marker: the one code path of a run, called
+    by every executor (:mod:`monai_liver.experiment.executors`). A run that has ``DONE`` is not run
+    again; an interrupted one resumes (``TRAINED``, the bundle's ``checkpoint_last.pt``).
+
+    Returns what the progress line shows: ``name, strategy, init, fold, node, seconds, figures, skipped``.
+    """
+    node = node or socket.gethostname()
+    out, run_dir = Path(spec.out), Path(spec.run_dir)
+    if not (out / "experiment.json").is_file():
+        raise LiverError(f"{out}: the experiment folder is not visible on node {node} "
+                         "(--out must be on a filesystem that every node mounts at the same path)")
+    bundle = bundles_dir() / spec.bundle
+    o = {**spec.overrides, "bundle_root": str(bundle)}
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(spec.env)
+    s, init, k = spec.strategy, spec.init, spec.fold
+    result = {"name": spec.name, "strategy": s, "init": init, "fold": k, "node": node, "seconds": 0.0,
+              "pretrain": bool(spec.pretrain_key), "skipped": True}
+    with _run_lock(run_dir):
+        if (run_dir / "DONE").is_file():  # finished by another process since the driver looked
+            return result | {"figures": _figures(spec)}
+        _log_line(out, f"start {s} {init} fold{k} on {node.replace(' ', '_')}")
+        t0 = time.perf_counter()
+        if spec.pretrain_key:
+            _run_bundle(bundle, ["train.json"], {**o, **spec.tracking}, run_dir / "train.log", env, spec.isolation)
+            if not (run_dir / "model.pt").is_file():
+                raise LiverError(f"{run_dir}: {s} finished without writing model.pt (see {run_dir / 'train.log'})")
+            if tracker:
+                from monai_liver.engine.tracking import run_name
+
+                tracker.attach_child(run_name(s, init, k), None, {"stage": "pretrain"})
+            held_out = pretrain_metrics(run_dir, spec.pretrain_key)
+            write_text(run_dir / "metrics.json", json.dumps(held_out, indent=2) + "\n")
+            done = {}
+        else:
+            if not (run_dir / "TRAINED").is_file():
+                _run_bundle(bundle, ["train.json"], {**o, **spec.tracking}, run_dir / "train.log", env, spec.isolation)
+                write_text(run_dir / "TRAINED", "ok\n")
+            t1 = time.perf_counter()
+            _run_bundle(bundle, ["train.json", "evaluate.json"], o, run_dir / "evaluate.log", env, spec.isolation)
+            if not (run_dir / "eval" / "per_slice.csv").is_file():
+                raise LiverError(f"{run_dir}: evaluation wrote no eval/per_slice.csv (see {run_dir / 'evaluate.log'})")
+            t2 = time.perf_counter()
+            if tracker:
+                from monai_liver.engine.tracking import run_name
+
+                tracker.attach_child(run_name(s, init, k), run_dir / "eval" / "metrics.json",
+                                     {"strategy": s, "init": init, "fold": k})
+            done = {"train_s": round(t1 - t0, 1), "evaluate_s": round(t2 - t1, 1)}
+        write_text(run_dir / "DONE", json.dumps(done | {"node": node, "finished": time.time()}) + "\n")
+        _log_line(out, f"done {s} {init} fold{k}")
+    return result | {"seconds": time.perf_counter() - t0, "skipped": False, "figures": _figures(spec)}
 
 
 def pretrain_metrics(run_dir: Path, key: str = "val_dice") -> dict:
@@ -425,6 +503,18 @@ class _Tracker:
             self.client.update_run(run_id, status="RUNNING")
         self.parent_id = run_id
 
+    def __getstate__(self) -> dict:
+        # a Ray task attaches its run to the parent itself: it gets the ids, and makes its own client
+        return {"uri": self.uri, "experiment_id": self.experiment_id, "experiment": self.experiment,
+                "parent_id": self.parent_id}
+
+    def __setstate__(self, state: dict) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.__dict__.update(state)
+        self.client, self.mlflow, self.log = MlflowClient(tracking_uri=self.uri), mlflow, _print
+
     def attach_child(self, run_name: str, metrics_json: Path | None, extra: dict) -> None:
         """Tag the newest run called ``run_name`` as a child of the parent and log its held-out figures."""
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`mlflow.runName` = '{run_name}'",
@@ -497,6 +587,10 @@ def run_experiment(
     isolation: str | None = None,
     phantoms: bool | None = None,
     n_boot: int | None = None,
+    executor: str = "local",
+    ray_address: str = "auto",
+    ray_cpus: float = 1.0,
+    ray_max_retries: int = 3,
     log: Callable[[str], None] = _print,
 ) -> ExperimentResult:
     """Run (or resume) the whole experiment in ``out``; see the module doc. Returns the paths and
@@ -504,6 +598,10 @@ def run_experiment(
 
     ``phantoms``: say in the table and report that the lesion-type data are phantoms (automatic when
     this call generates them; pass True for phantoms made beforehand, as the demo does).
+
+    ``executor``: ``"local"`` (one run after another here) or ``"ray"`` (each run a Ray task on the
+    cluster at ``ray_address``, ``ray_cpus`` CPUs or one GPU each, retried ``ray_max_retries`` times
+    when its node dies); see :mod:`monai_liver.experiment.executors`.
 
     Raises LiverError for bad options or data, a failed bundle run (naming its log), or a folder
     that was started with other settings.
@@ -545,6 +643,10 @@ def run_experiment(
     for k in ("image_size", "localiser_image_size"):
         check_image_size(opts[k], "--" + k.replace("_", "-"))
 
+    from monai_liver.experiment.executors import make_executor
+
+    runner = make_executor(executor, address=ray_address, cpus=ray_cpus, max_retries=ray_max_retries, device=device,
+                           log=log)  # before anything is written: Ray missing is one line
     bundles = bundles_dir()
     for s in [*strategies, PRETRAIN_STRATEGY]:
         if not (bundles / s / "configs" / "train.json").is_file():
@@ -560,7 +662,9 @@ def run_experiment(
     try:
         with _lock(out):
             _check_same_data(out, opts)  # before anything is written into the folder
-            return _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracking_uri, device, n_boot, log)
+            with runner:
+                return _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracking_uri, device, n_boot,
+                            log, runner)
     finally:
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
@@ -589,9 +693,13 @@ def _stage(name: str, times: dict[str, float], log: Callable[[str], None]):
     log(f"   {name}: {time.perf_counter() - t:.1f} s")
 
 
-def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracking_uri, device, n_boot, log) -> ExperimentResult:
+def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracking_uri, device, n_boot, log,
+         executor) -> ExperimentResult:
+    from monai_liver.experiment.executors import Progress
     from monai_liver.experiment.report import build_report, results_table
 
+    uri = tracking_uri or ("sqlite:///" + (out / "mlflow.db").as_posix())
+    executor.check(out, uri if tracking else None)  # Ray: shared storage, a tracking store every node reaches
     with _stage("data", times, log):
         lesions, lits_list, kind, lits_kind = _prepare_data(out, opts, log)
     exp = {
@@ -624,12 +732,8 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         exp["phantoms"] = exp["phantoms"] or bool(old.get("phantoms"))
     write_text(out / "experiment.json", json.dumps(exp, indent=2))
 
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    uri = tracking_uri or ("sqlite:///" + (out / "mlflow.db").as_posix())
     tracker = None
     if tracking:
-        env["MLFLOW_TRACKING_URI"] = uri  # MONAI's handler gives the variable precedence: keep them equal
         tracker = _Tracker(out, uri, "monai_liver", {k: v for k, v in exp.items() if k not in ("strategies", "inits")}
                            | {"strategies": ",".join(exp["strategies"]), "inits": ",".join(exp["inits"])}, log)
         log(f"   MLflow: {uri} (parent run {tracker.parent_id})")
@@ -650,6 +754,15 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
             else:
                 imagenet_file = found
                 log(f"   {msg}")
+                if not found and executor.remote:  # the torch hub cache of this machine: share it with the nodes
+                    from monai_liver.atomic import copy_file
+                    from monai_liver.networks.init import imagenet_cache_path
+
+                    src = imagenet_cache_path(str(opts["backbone"]))
+                    imagenet_file = str(out / "imagenet" / src.name)
+                    if not Path(imagenet_file).is_file():
+                        copy_file(src, imagenet_file)
+                    log(f"   ImageNet weights for the Ray nodes: {imagenet_file}")
     for s in opts["strategies"]:
         marker = out / "runs" / s / "imagenet" / "NOT_RUN"
         if "imagenet" in not_run:
@@ -682,8 +795,17 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         return {"tracking": "mlflow", "tracking_uri": uri, "experiment_name": "monai_liver",
                 "run_name": run_name(strategy, init, fold)}
 
+    spec_env = {"MLFLOW_TRACKING_URI": uri} if tracking else {}  # MONAI's handler gives the variable precedence
+
+    def spec(name: str, run_dir: Path, bundle: str, datalist: Path, s: str, init: str, fold: int, extra: dict,
+             key: str = "", after: tuple[str, ...] = ()) -> RunSpec:
+        return RunSpec(name=name, out=out, run_dir=run_dir, bundle=bundle,
+                       overrides=overrides(bundles / bundle, run_dir, datalist, fold, init, extra),
+                       tracking=tracking_overrides(s, init, fold), env=spec_env, isolation=opts["isolation"],
+                       strategy=s, init=init, fold=fold, pretrain_key=key, after=after)
+
+    specs: list[RunSpec] = []
     lits_ckpt = ""
-    runs_done = runs_skipped = 0
     if lits_list is not None:
         lits_ckpt = str(out / "pretrain" / PRETRAIN_STRATEGY / "model.pt")
         # the LiTS pretraining (crops as the target is trained: transfer) and the liver localiser of the
@@ -694,44 +816,28 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
                  "max_val_slices": 0, "roi_margin": -1, "only_liver_slices": False, "key_metric_name": "val_liver_dice",
                  "lesion_oversample": 1}
         for name, extra, key in ((PRETRAIN_STRATEGY, crop, "val_dice"), (LOCALISER, whole, "val_liver_dice")):
-            _pretrain(out / "pretrain" / name, bundles / PRETRAIN_STRATEGY, key,
-                      overrides(bundles / PRETRAIN_STRATEGY, out / "pretrain" / name, lits_list, 0, "scratch", extra),
-                      tracking_overrides(name, "scratch", 0), env, opts["isolation"], tracker, times, log)
+            specs.append(spec(name, out / "pretrain" / name, PRETRAIN_STRATEGY, lits_list, name, "scratch", 0, extra, key))
 
     n_folds = int(opts["folds"])
-    todo = [(s, i, k) for s in opts["strategies"] for i in opts["inits"] if i not in not_run for k in range(n_folds)]
-    for n, (s, init, k) in enumerate(todo, 1):
-        run_dir = out / "runs" / s / init / f"fold{k}"
-        if (run_dir / "DONE").is_file():
-            runs_skipped += 1
-            log(f"== [{n}/{len(todo)}] {s} / {init} / fold {k}: done before, not run again")
-            continue
-        bundle = bundles / s
-        extra = {"lits_checkpoint": lits_ckpt if init == "lits" else "",
-                 "imagenet_weights": imagenet_file if init == "imagenet" else ""}
-        o = overrides(bundle, run_dir, lesions, k, init, extra)
-        with _stage(f"[{n}/{len(todo)}] {s} / {init} / fold {k}", times, log):
-            _log_line(out, f"start {s} {init} fold{k}")
-            t0 = time.perf_counter()
-            if not (run_dir / "TRAINED").is_file():
-                _run_bundle(bundle, ["train.json"], {**o, **tracking_overrides(s, init, k)}, run_dir / "train.log", env,
-                            opts["isolation"])
-                write_text(run_dir / "TRAINED", "ok\n")
-            t1 = time.perf_counter()
-            _run_bundle(bundle, ["train.json", "evaluate.json"], o, run_dir / "evaluate.log", env, opts["isolation"])
-            if not (run_dir / "eval" / "per_slice.csv").is_file():
-                raise LiverError(f"{run_dir}: evaluation wrote no eval/per_slice.csv (see {run_dir / 'evaluate.log'})")
-            t2 = time.perf_counter()
-            if tracker:
-                from monai_liver.engine.tracking import run_name
-
-                tracker.attach_child(run_name(s, init, k), run_dir / "eval" / "metrics.json",
-                                     {"strategy": s, "init": init, "fold": k})
-            write_text(run_dir / "DONE", json.dumps({"train_s": round(t1 - t0, 1), "evaluate_s": round(t2 - t1, 1),
-                                                        "finished": time.time()}) + "\n")
-            _log_line(out, f"done {s} {init} fold{k}")
-            runs_done += 1
-            log(f"   train {t1 - t0:.1f} s, evaluate {t2 - t1:.1f} s")
+    for s in opts["strategies"]:
+        for init in (i for i in opts["inits"] if i not in not_run):
+            for k in range(n_folds):
+                extra = {"lits_checkpoint": lits_ckpt if init == "lits" else "",
+                         "imagenet_weights": imagenet_file if init == "imagenet" else ""}
+                specs.append(spec(f"{s} / {init} / fold {k}", out / "runs" / s / init / f"fold{k}", s, lesions, s, init, k,
+                                  extra, after=(PRETRAIN_STRATEGY,) if init == "lits" else ()))
+    todo = []
+    for sp in specs:
+        if (Path(sp.run_dir) / "DONE").is_file():
+            log(f"== {sp.name}: done before ({sp.run_dir}), not run again")
+        else:
+            todo.append(sp)
+    runs_skipped = sum(1 for sp in specs if not sp.pretrain_key) - sum(1 for sp in todo if not sp.pretrain_key)
+    progress = Progress(len(specs), len(specs) - len(todo), log)
+    executor.run(todo, tracker, progress)
+    for r in progress.results:
+        times[r["name"] if r["pretrain"] else f"[run] {r['name']}"] = r["seconds"]
+    runs_done = sum(1 for r in progress.results if not r["pretrain"] and not r["skipped"])
 
     with _stage("packages", times, log):
         from monai_liver.experiment.packages import write_packages
@@ -744,7 +850,7 @@ def _run(out, opts, bundles, times, imagenet_weights, download, tracking, tracki
         tracker.finish(out)
     log("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items() if not k.startswith("[")))
     run_total = sum(v for k, v in times.items() if k.startswith("["))
-    log(f"runs: {runs_done} trained and evaluated ({run_total:.0f} s), {runs_skipped} finished before")
+    log(f"runs: {runs_done} trained and evaluated ({run_total:.0f} s of run time), {runs_skipped} finished before")
     return ExperimentResult(out=out, results_csv=out / "results.csv", results_md=out / "results.md",
                             per_slice_csv=out / "per_slice.csv", report_html=html, table_markdown=table, times=times,
                             runs_done=runs_done, runs_skipped=runs_skipped, not_run=not_run)
@@ -789,11 +895,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isolation", choices=("inprocess", "subprocess"),
                         help="run each bundle in this process (imports paid once; --quick default) or as "
                              "'python -m monai.bundle run' subprocesses (--full default)")
+    r = parser.add_argument_group("where the runs execute")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: one run after another in this process (default); ray: each run a Ray task on a cluster "
+                        "(pip install -e '.[cluster]'; --out on a filesystem every node mounts)")
+    r.add_argument("--ray-address", default="auto",
+                   help="Ray cluster: auto (the cluster this machine belongs to, else a new local one; default), "
+                        "local (always a new local one), or an address such as 10.0.0.1:6379")
+    r.add_argument("--ray-cpus", type=float, default=1.0,
+                   help="CPUs per run on a cluster without GPUs (on a GPU cluster each run takes one GPU and these CPUs)")
+    r.add_argument("--ray-max-retries", type=int, default=3,
+                   help="times Ray reruns a run whose worker or node died (it resumes from checkpoint_last.pt)")
     parser.set_defaults(preset=None)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.device == "cuda":
+    if args.device == "cuda" and args.executor == "local":  # with Ray the cluster's GPUs decide
         import torch
 
         if not torch.cuda.is_available():
@@ -806,7 +923,8 @@ def main(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, strategies=args.strategies,
         inits=args.inits, imagenet_weights=args.imagenet_weights, download=not args.no_download,
         tracking_uri=args.tracking_uri, tracking=not args.no_tracking, device=args.device, seed=args.seed,
-        isolation=args.isolation, phantoms=args.phantoms,
+        isolation=args.isolation, phantoms=args.phantoms, executor=args.executor, ray_address=args.ray_address,
+        ray_cpus=args.ray_cpus, ray_max_retries=args.ray_max_retries,
     )
     print()
     print(res.table_markdown)
