@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "phantoms": ("monai_liver.data.phantoms", "generate CT phantoms (LiTS-like volumes, lesion-type slices)"),
     "datalist": ("monai_liver.data.datalist", "write a MONAI datalist with patient-grouped folds"),
     "validate": ("monai_liver.data.validation", "check a dataset before training"),
-    "experiment": ("monai_liver.experiment.runner", "run every strategy x init x fold and build the table"),
+    "experiment": ("monai_liver.experiment.cli", "run every strategy x init x fold and build the table"),
     "report": ("monai_liver.experiment.report", "rebuild the results table and report from finished runs"),
     "infer": ("monai_liver.inference.infer", "segment and classify lesions on new CT (NIfTI / DICOM)"),
     "export": ("monai_liver.inference.export", "export a trained bundle to TorchScript"),

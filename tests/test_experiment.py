@@ -153,7 +153,8 @@ def test_bundle_failure_is_one_clear_error(data, tmp_path, isolation):
     own one-line error, naming its log; both ways of running a bundle."""
     from monai_liver.engine.data import datalist_dataset_dir
     from monai_liver.errors import LiverError
-    from monai_liver.experiment.runner import _run_bundle, bundles_dir
+    from monai_liver.constants import bundles_dir
+    from monai_liver.experiment.bundle_run import run_bundle
 
     bundle = bundles_dir() / "seg_baseline"
     o = {"bundle_root": str(bundle), "datalist": str(data["lesions"]), "dataset_dir": datalist_dataset_dir(data["lesions"]),
@@ -161,7 +162,7 @@ def test_bundle_failure_is_one_clear_error(data, tmp_path, isolation):
          "cache_dir": str(tmp_path / "cache"), "num_workers": 0, "progress": False}
     log = tmp_path / "run" / "train.log"
     with pytest.raises(LiverError, match="fold 7 does not exist") as e:
-        _run_bundle(bundle, ["train.json"], o, log, _env(tmp_path), isolation)
+        run_bundle(bundle, ["train.json"], o, log, _env(tmp_path), isolation)
     assert str(log) in str(e.value) and "\n" not in str(e.value)
     assert "fold 7 does not exist" in log.read_text()
 
@@ -170,21 +171,22 @@ def test_resume_on_other_data_is_refused(data, tmp_path):
     """The data fingerprint: a datalist whose files changed cannot resume the folder; nothing is written."""
     from monai_liver.errors import LiverError
     from monai_liver.experiment.fingerprint import data_fingerprint
-    from monai_liver.experiment.runner import _check_same_data
+    from monai_liver.experiment.data import check_same_data
+    from monai_liver.experiment.settings import QUICK
 
     out = tmp_path / "exp"
     out.mkdir()
     copy = tmp_path / "data"
     shutil.copytree(data["dir"], copy)
     lesions = copy / "lesions.json"
-    opts = {"datalist": lesions, "lits_datalist": copy / "lits.json"}
+    settings = QUICK.but(datalist=lesions, lits_datalist=copy / "lits.json")
     fp = data_fingerprint(lesions, None, None, copy / "lits.json")
     assert fp and fp == data_fingerprint(lesions, None, None, copy / "lits.json")  # stable
     (out / "experiment.json").write_text(json.dumps({"data_fingerprint": fp}))
-    _check_same_data(out, dict(opts))  # same data: fine
+    check_same_data(out, settings)  # same data: fine
     one = sorted((copy / "lesions" / "images").iterdir())[0]
     one.write_bytes(one.read_bytes() + b"changed")  # one image changed
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(LiverError, match="started on other data"):
-        _check_same_data(out, dict(opts))
+        check_same_data(out, settings)
     assert sorted(p.name for p in out.iterdir()) == before

@@ -1,6 +1,6 @@
 """Where the runs of ``monai-liver experiment`` execute: ``--executor local`` or ``--executor ray``.
 
-Both executors call :func:`~monai_liver.experiment.runner.execute_run`, the one code path of a run
+Both executors call :func:`~monai_liver.experiment.runs.execute_run`, the one code path of a run
 (train, evaluate, atomic ``DONE``); the driver (:func:`~monai_liver.experiment.runner.run_experiment`)
 prepares the data before and builds the table and report after, the same for both.
 
@@ -83,7 +83,7 @@ class LocalExecutor:
         """Nothing to check on one machine."""
 
     def run(self, specs: Sequence, tracker, progress: Progress) -> None:
-        from monai_liver.experiment.runner import execute_run
+        from monai_liver.experiment.runs import execute_run
 
         node = socket.gethostname()
         for n, spec in enumerate(specs, 1):
@@ -108,7 +108,7 @@ def _node_name() -> str:
 
 def _ray_run(spec, tracker, *after):
     """The Ray task of one run (``after``: the results of the runs it waits for)."""
-    from monai_liver.experiment.runner import execute_run
+    from monai_liver.experiment.runs import execute_run
 
     return execute_run(spec, tracker, _node_name())
 
@@ -149,7 +149,7 @@ class RayExecutor:
 
     def __enter__(self) -> RayExecutor:
         ray = self.ray
-        # ray.init installs its own SIGTERM handler (sys.exit): keep the runner's, which stops cleanly
+        # ray.init installs its own SIGTERM handler (sys.exit): keep the experiment's (bundle_run.stop_on_signals), which stops cleanly
         main = threading.current_thread() is threading.main_thread()
         term = signal.getsignal(signal.SIGTERM) if main else None
         quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
