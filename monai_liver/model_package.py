@@ -38,13 +38,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY, ROI_MARGIN
+from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY, ROI_MARGIN, check_class_names
 from monai_liver.errors import LiverError
 
 __all__ = [
     "LOCALISER_FILE",
     "MODEL_FILE",
     "SETTINGS_FILE",
+    "check_flags",
     "is_torchscript",
     "model_settings",
     "package_files",
@@ -124,6 +125,23 @@ def read_settings(path: str | os.PathLike) -> dict[str, Any]:
         if is_torchscript(model):
             return {}
         raise
+
+
+def check_flags(model: str | os.PathLike, settings: Mapping[str, Any], image_size: int | None = None,
+                class_names: Sequence[str] | None = None) -> tuple[str, ...] | None:
+    """The one check of what a user says about a model (``--image-size``, ``--classes`` of ``infer``,
+    ``export``, the label app): LiverError when it contradicts what ``model`` recorded in its
+    ``settings``. Returns ``class_names`` checked (:func:`~monai_liver.constants.check_class_names`),
+    or None when none were given; the size is checked where it is used (``check_image_size``)."""
+    trained = settings.get("image_size")
+    if image_size is not None and trained and int(image_size) != int(trained):
+        raise LiverError(f"{model}: trained at image size {trained}, not {image_size}; leave the size out to use the model's")
+    if not class_names:
+        return None
+    names = check_class_names(class_names, "--classes")
+    if settings.get("class_names") and list(names) != list(settings["class_names"]):
+        raise LiverError(f"{model}: trained with classes {', '.join(settings['class_names'])}, not {', '.join(names)}")
+    return names
 
 
 def is_torchscript(path: Path) -> bool:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from monai_liver.constants import DEFAULT_CLASSES
+from monai_liver.constants import check_class_names
 from monai_liver.errors import LiverError
 
 __all__ = ["REQUIRED_COLUMNS", "OPTIONAL_COLUMNS", "PATH_COLUMNS", "conflicting_types", "read_manifest", "normalise_class_names"]
@@ -26,19 +26,8 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("slice",)
 PATH_COLUMNS: tuple[str, ...] = ("image", "liver", "lesion")
 
 
-def normalise_class_names(class_names: Sequence[str] | str | None) -> tuple[str, ...]:
-    """``None`` -> DEFAULT_CLASSES; ``"a,b,c"`` or a sequence -> a tuple of unique, non-empty names."""
-    if class_names is None:
-        return tuple(DEFAULT_CLASSES)
-    if isinstance(class_names, str):
-        class_names = class_names.split(",")
-    names = tuple(str(c).strip() for c in class_names)
-    if not names or any(not n for n in names):
-        raise LiverError(f"class names {list(class_names)!r}: every class needs a non-empty name")
-    lowered = [n.lower() for n in names]
-    if len(set(lowered)) != len(lowered):
-        raise LiverError(f"class names {list(names)!r}: names must be unique")
-    return names
+#: the one check of class names (:func:`monai_liver.constants.check_class_names`), under its former name here
+normalise_class_names = check_class_names
 
 
 def _sniff_delimiter(header_line: str) -> str:

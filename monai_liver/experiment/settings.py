@@ -26,7 +26,9 @@ PathLike = str | os.PathLike
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """Everything one ``monai-liver experiment`` call runs with (its CLI flags, one field each)."""
+    """Everything one ``monai-liver experiment`` call runs with: each of its flags sets the field of the
+    same name (``--no-download`` / ``--no-tracking``: ``download`` / ``tracking``); ``num_workers``,
+    ``lits_volumes``, ``lits_shape`` and ``val_interval`` come from the preset alone."""
 
     # -- scale: what a preset sets
     preset: str

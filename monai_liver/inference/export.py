@@ -46,7 +46,7 @@ def export(
     from monai.bundle import ConfigParser, ckpt_export
 
     from monai_liver.engine.handlers import load_model
-    from monai_liver.model_package import is_torchscript, package_files, read_settings
+    from monai_liver.model_package import check_flags, is_torchscript, package_files, read_settings
 
     bundle, out = Path(bundle), Path(out)
     model = package_files(model)[0]
@@ -64,15 +64,13 @@ def export(
         if settings.get(key):
             overrides[key] = settings[key]
     overrides["settings"] = settings  # never the settings of whatever model sits in the bundle's models/
-    if class_names:
-        overrides["class_names"] = list(class_names)
     parser = ConfigParser()
     parser.read_config(str(cfg))
     if settings.get("strategy") and parser.get("strategy") != settings["strategy"]:
         raise LiverError(f"{model}: a {settings['strategy']} model, not one of bundle {bundle} ({parser.get('strategy')})")
-    trained = settings.get("image_size")
-    if image_size is not None and trained and int(image_size) != int(trained):
-        raise LiverError(f"{model}: trained at image size {trained}, not {image_size}; leave the size out to use the model's")
+    class_names = check_flags(model, settings, image_size, class_names)
+    if class_names:
+        overrides["class_names"] = list(class_names)
     parser.update(overrides)
     if image_size is None:
         image_size = int(parser.get_parsed_content("image_size")) if "image_size" in parser else DEFAULT_IMAGE_SIZE

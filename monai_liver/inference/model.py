@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monai_liver.constants import DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, ROI_MARGIN, bundles_dir, check_image_size
+from monai_liver.constants import (DEFAULT_CLASSES, DEFAULT_IMAGE_SIZE, HU_WINDOW, ROI_MARGIN, bundles_dir, check_image_size,
+                                   check_window)
 from monai_liver.errors import LiverError
 from monai_liver.strategies import get as get_strategy
 from monai_liver.strategies import names as strategy_names
-from monai_liver.model_package import is_torchscript, package_files
+from monai_liver.model_package import check_flags, is_torchscript, package_files
 
 __all__ = ["LoadedModel", "load_model", "load_bundle_model"]
 
@@ -40,7 +41,7 @@ class LoadedModel:
     bundle: str = ""
     model_path: str = ""
     torchscript: bool = False
-    roi_margin: int = 16
+    roi_margin: int = ROI_MARGIN
     settings: dict = field(default_factory=dict)
 
 
@@ -128,14 +129,10 @@ def load_model(
     if segmenting and not get_strategy(strategy).segments:
         segmenting_ones = ", ".join(s for s in strategy_names() if get_strategy(s).segments)
         raise LiverError(f"{model_file}: infer needs a model that segments ({segmenting_ones}); '{strategy}' only classifies slices")
-    trained = merged.get("image_size") if settings.get("image_size") else None
-    if image_size is not None and trained and int(image_size) != int(trained):
-        raise LiverError(f"{model_file}: trained at image size {trained}, not {image_size}; leave the size out to use the model's")
-    if class_names and settings.get("class_names") and list(class_names) != list(settings["class_names"]):
-        raise LiverError(f"{model_file}: trained with classes {', '.join(settings['class_names'])}, not {', '.join(class_names)}")
+    class_names = check_flags(model_file, settings, image_size, class_names)
     names = tuple(class_names or merged.get("class_names") or DEFAULT_CLASSES)
     size = check_image_size(image_size or merged.get("image_size") or DEFAULT_IMAGE_SIZE)
-    window = tuple(float(v) for v in merged.get("window", HU_WINDOW))
+    window = check_window(merged.get("window", HU_WINDOW), f"{model_file}: HU window")
     margin = int(merged.get("roi_margin", ROI_MARGIN))
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(strategy=strategy, class_names=names, image_size=size, window=window, device=dev,
