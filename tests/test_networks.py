@@ -112,21 +112,43 @@ def test_joint_network_cls_is_the_vote_of_its_seg():
     assert torch.allclose(torch.softmax(out["cls"], 1).sum(1), torch.ones(2), atol=1e-5)
 
 
-def test_ynet_branch_reads_the_deepest_encoder_features():
+def test_ynet_branch_pools_encoder_features_where_its_segmentation_sees_the_lesion():
+    from monai_liver.networks.ynet import LesionPooling, YNet
+
     torch.manual_seed(2)
     net = build_network("ynet").eval()
+    assert net.cls_pool == "lesion" and net.cls_level == 3
     seen = []
     net.cls_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
     with torch.no_grad():
         out = net(X)
-        deepest = net.encoder(X)[-1]
-    assert len(seen) == 1
-    assert seen[0].shape == (2, 320, 2, 2) and torch.equal(seen[0], deepest)
+        features = net.encoder(X)
+        lesion = torch.softmax(out["seg"], 1)[:, 2:3]
+        expected = LesionPooling()(features[3], lesion)
+    assert len(seen) == 1 and seen[0].shape == (2, 2 * 112) and torch.allclose(seen[0], expected)
     with torch.no_grad():
-        assert torch.allclose(out["cls"], net.cls_head(deepest))
-        net.cls_head.mlp[-1].bias.add_(1.0)  # the branch changes cls only
+        net.cls_head[-1].bias.add_(1.0)  # the branch changes cls only
         out2 = net(X)
     assert torch.equal(out2["seg"], out["seg"]) and torch.allclose(out2["cls"], out["cls"] + 1.0)
+
+    # the weights are the lesion probability: features where no lesion is predicted do not count
+    f = torch.zeros(1, 2, 4, 4)
+    f[0, 0, 0, 0], f[0, 1, 3, 3] = 5.0, 7.0
+    p = torch.zeros(1, 1, 8, 8)
+    p[..., :2, :2] = 1.0  # lesion in the top-left cell of the 4 x 4 map
+    pooled = LesionPooling(eps=0.0)(f, p)
+    assert torch.allclose(pooled, torch.tensor([[5.0, 0.0, 5.0, 7.0]]))
+
+    # Mehta et al.'s branch: the deepest features, global average pooling
+    torch.manual_seed(2)
+    mehta = YNet(cls_pool="global").eval()
+    seen.clear()
+    mehta.cls_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    with torch.no_grad():
+        mehta(X)
+        assert seen[0].shape == (2, 320, 2, 2) and torch.equal(seen[0], mehta.encoder(X)[-1])
+    with pytest.raises(LiverError, match="cls_pool 'max' is not known"):
+        YNet(cls_pool="max")
 
 
 def test_tensor_output_scripts_traces_and_keeps_checkpoint_keys(tmp_path):

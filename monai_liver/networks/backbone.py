@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_DECODER_CHANNELS",
     "BACKBONES",
     "ClassificationHead",
+    "mlp",
     "LiverUNet",
     "build_encoder",
     "build_unet",
@@ -212,6 +213,16 @@ POOLINGS: tuple[str, ...] = ("avg", "max", "avgmax")
 DEFAULT_POOLING = "avg"
 
 
+def mlp(width: int, n_classes: int, hidden: Optional[int] = None, dropout: float = 0.2) -> nn.Sequential:
+    """``(B, width) -> (B, n_classes)``: dropout + linear, or linear + ReLU + dropout + linear with ``hidden``."""
+    layers: list[nn.Module] = []
+    if hidden:
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers += [nn.Dropout(dropout), nn.Linear(width, n_classes)]
+    return nn.Sequential(*layers)
+
+
 class ClassificationHead(nn.Module):
     """Global pooling, optional hidden layer, dropout, linear: ``(B, C, *S) -> (B, n_classes)``.
 
@@ -236,13 +247,7 @@ class ClassificationHead(nn.Module):
             raise LiverError(f"pooling '{pool}' is not known; choose one of {', '.join(POOLINGS)}")
         self.pool_avg = Pool["adaptiveavg", spatial_dims](1) if pool in ("avg", "avgmax") else None
         self.pool_max = Pool["adaptivemax", spatial_dims](1) if pool in ("max", "avgmax") else None
-        width = in_channels * (2 if pool == "avgmax" else 1)
-        layers: list[nn.Module] = []
-        if hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
-            width = hidden
-        layers += [nn.Dropout(dropout), nn.Linear(width, n_classes)]
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = mlp(in_channels * (2 if pool == "avgmax" else 1), n_classes, hidden, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = [torch.flatten(p(x), 1) for p in (self.pool_avg, self.pool_max) if p is not None]

@@ -1,5 +1,17 @@
-"""Multi-task Y-Net (Mehta et al., MICCAI 2018): U-Net + classification branch on the deepest
-encoder features."""
+"""Multi-task Y-Net (Mehta et al., MICCAI 2018): U-Net + a classification branch on the encoder
+features, here pooled where the network's own segmentation sees the lesion.
+
+Mehta's branch pools the deepest encoder features over the whole slice (``cls_pool="global"``).
+On the quick demo's phantoms (64 px liver crops, 265 training slices, basicunet-small, 40 epochs,
+``/tmp``-style sweep recorded in the README) that branch stayed at the majority class (held-out
+accuracy 0.39) while the segmentation reached Dice 0.76: a lesion of 2-8 px is one cell of a
+4 x 4 feature map, diluted by the liver around it, and the branch learns patient-level shortcuts
+instead (train 0.55). Pooling the second-deepest features (S/8 for BasicUNet, S/16 for
+EfficientNet) weighted by the predicted lesion probability (``cls_pool="lesion"``, the default)
+reached 0.70 with the same Dice (0.73); the same level without the weighting stayed at 0.39, and the
+weighting on the deepest level at 0.28. The weights are not detached: the classification loss also
+shapes the lesion channel.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +19,49 @@ from collections.abc import Sequence
 from typing import Dict, Optional
 
 import torch
+from torch import nn
 
-from monai_liver.networks.backbone import DEFAULT_BACKBONE, DEFAULT_DECODER_CHANNELS, ClassificationHead, LiverUNet
+from monai_liver.errors import LiverError
+from monai_liver.networks.backbone import DEFAULT_BACKBONE, DEFAULT_DECODER_CHANNELS, ClassificationHead, LiverUNet, mlp
 
-__all__ = ["YNet"]
+__all__ = ["YNet", "LesionPooling", "CLS_POOLS"]
+
+#: how the Y-Net branch pools: "lesion" (default, see the module doc) or "global" (Mehta et al.).
+CLS_POOLS: tuple[str, ...] = ("lesion", "global")
+
+
+class LesionPooling(nn.Module):
+    """Features pooled by a lesion probability map, and their global maximum:
+    ``(features (B, C, h, w), lesion_probability (B, 1, H, W)) -> (B, 2C)``.
+
+    The probability is area-averaged to ``h x w``; the weighted mean uses ``sum(w) + eps`` so that a
+    slice without any predicted lesion gives small features instead of a division by zero.
+    """
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, features: torch.Tensor, lesion_probability: torch.Tensor) -> torch.Tensor:
+        spatial = list(range(2, features.dim()))
+        if features.dim() == 5:
+            weights = nn.functional.adaptive_avg_pool3d(lesion_probability, features.shape[2:])
+        else:
+            weights = nn.functional.adaptive_avg_pool2d(lesion_probability, features.shape[2:])
+        weighted = (features * weights).sum(spatial) / (weights.sum(spatial) + self.eps)
+        return torch.cat([weighted, features.amax(spatial)], dim=1)
+
+
 
 
 class YNet(LiverUNet):
-    """FlexibleUNet (background, liver, lesion) whose deepest encoder features also feed a
-    pool + MLP classifier.
+    """U-Net (background, liver, lesion) whose encoder features also feed a pool + MLP classifier.
 
     ``forward(x: (B, in_channels, H, W)) -> {"seg": (B, 3, H, W) logits, "cls": (B, n_classes) logits}``.
-    The encoder runs once; its last feature map (B0: 320 channels at H/32) goes to ``cls_head``.
+    The encoder runs once. ``cls_pool="lesion"``: the second-deepest feature map (basicunet-small:
+    64 channels at H/8; B0: 112 at H/16) pooled by the softmax lesion channel of ``seg``
+    (:class:`LesionPooling`, 2C features) goes to ``cls_head`` (MLP); ``"global"``: the deepest map
+    (B0: 320 channels at H/32), global average pooling, MLP.
     """
 
     primary_output = "seg"
@@ -31,13 +74,28 @@ class YNet(LiverUNet):
         in_channels: int = 1,
         decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
         dropout: float = 0.2,
-        hidden: int = 256,
+        hidden: int = 128,
+        cls_pool: str = "lesion",
     ) -> None:
         super().__init__(3, backbone, spatial_dims, in_channels, decoder_channels)
+        if cls_pool not in CLS_POOLS:
+            raise LiverError(f"cls_pool '{cls_pool}' is not known; choose one of {', '.join(CLS_POOLS)}")
         self.n_classes = n_classes
-        self.cls_head = ClassificationHead(self.feature_channels[-1], n_classes, hidden, dropout, spatial_dims)
+        self.cls_pool = cls_pool
+        self.cls_level = len(self.feature_channels) - (2 if cls_pool == "lesion" else 1)
+        self.lesion_pooling = LesionPooling()
+        if cls_pool == "lesion":
+            self.cls_head: nn.Module = mlp(2 * self.feature_channels[self.cls_level], n_classes, hidden, dropout)
+        else:
+            self.cls_head = ClassificationHead(self.feature_channels[-1], n_classes, hidden, dropout, spatial_dims)
 
     def forward(self, inputs: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
         features = self.features(inputs)
-        out: Dict[str, Optional[torch.Tensor]] = {"seg": self.decode(features), "cls": self.cls_head(features[-1])}
+        seg = self.decode(features)
+        if self.cls_pool == "lesion":
+            lesion = torch.softmax(seg, dim=1)[:, 2:3]  # background, liver, lesion
+            cls = self.cls_head(self.lesion_pooling(features[self.cls_level], lesion))
+        else:
+            cls = self.cls_head(features[-1])
+        out: Dict[str, Optional[torch.Tensor]] = {"seg": seg, "cls": cls}
         return out
