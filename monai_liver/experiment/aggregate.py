@@ -516,8 +516,8 @@ def timing_markdown(results: pd.DataFrame) -> str:
              "| Row | Init | Settings | Training per fold | Folds |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {t} | {i} | {s} | {sec:.0f} s | {n} |" for t, i, s, sec, n in rows]
     return "\n".join(lines) + ("\n\nTraining per fold: mean wall seconds of a run's training step (ours: the bundle's "
-                               "train.json with its validation epochs; a peer: its training command, start-up and "
-                               "its own end-of-training validation included).")
+                               "train.json with its validation epochs; a peer: its training command with its "
+                               "start-up, and for nnU-Net's stock trainers its prediction of the validation fold).")
 
 
 def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int = N_BOOT, settings: str = "",

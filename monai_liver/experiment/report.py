@@ -356,7 +356,7 @@ def _timing_html(results) -> str:
         out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (title, init, settings, f"{sec:.0f} s", n)) + "</tr>")
     out.append("</table>")
     out.append('<p class="note">Mean wall seconds of a run\'s training step (ours: the bundle\'s train.json with its '
-               "validation epochs; a peer: its training command, start-up and its own end-of-training validation included).</p>")
+               "validation epochs; a peer: its training command with its start-up, and for nnU-Net's stock trainers its prediction of the validation fold).</p>")
     return "\n".join(out)
 
 

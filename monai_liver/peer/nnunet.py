@@ -142,16 +142,24 @@ def _last_error(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def run_nnunet(command: str, args: Sequence[str], env: dict, log: Path) -> float:
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_nnunet(command: str, args: Sequence[str], env: dict, log: Path) -> tuple[float, float]:
     """Run one of nnU-Net's commands (``_ENTRY``) with ``args`` in ``env``, output appended to ``log``;
-    returns its wall seconds. LiverError naming the log when it fails."""
+    returns its (wall seconds, CPU seconds of it and its worker processes: on a shared machine the
+    less disturbed figure). LiverError naming the log when it fails."""
     from monai_liver.experiment.runner import _die_with_parent
 
     module, function = _ENTRY[command]
     code = f"import sys; sys.argv[0] = {command!r}; from {module} import {function} as f; sys.exit(f())"
     cmd = [sys.executable, "-c", code, *[str(a) for a in args]]
     log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     with open(log, "a") as f:
         f.write(f"\n$ {command} {' '.join(str(a) for a in args)}\n")
         f.flush()
@@ -167,7 +175,7 @@ def run_nnunet(command: str, args: Sequence[str], env: dict, log: Path) -> float
             raise
     if rc != 0:
         raise LiverError(f"{log}: {command} failed (exit {rc}): {_last_error(log)[:300]}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _children_cpu() - c0
 
 
 @contextlib.contextmanager
@@ -297,8 +305,8 @@ def _log_child(tracker, fold: int, peer: dict, fold_dir: Path, results_fold: Pat
         for k, v in row.items():
             if k != "epoch":
                 client.log_metric(run_id, k, float(v), step=int(row["epoch"]))
-    for k in ("train_s", "predict_s"):
-        if k in done:
+    for k in ("train_s", "train_cpu_s", "epochs_s", "predict_s"):
+        if done.get(k) is not None:
             client.log_metric(run_id, k, float(done[k]))
     for f in [results_fold / "progress.png", results_fold / "debug.json", *sorted(results_fold.glob("training_log_*.txt"))]:
         if f.is_file():
@@ -351,6 +359,11 @@ def run_peer(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
         raise LiverError(f"--device {device!r}: choose cpu or cuda")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LiverError("--device cuda: no CUDA device is available (use --device cpu)")
     if device == "cpu":
         processes = 1 if processes is None else processes
         da_processes = 0 if da_processes is None else da_processes
@@ -397,7 +410,7 @@ def run_peer(
         if not (pre / "nnUNetPlans.json").is_file() or not (peer_dir / "PREPROCESSED").is_file():
             log("== nnU-Net plan and preprocess (fingerprint, plans, preprocessing: 2d)")
             np_args = ["-np", str(processes), "-npfp", str(processes)] if processes else []
-            s = run_nnunet("nnUNetv2_plan_and_preprocess", ["-d", int(dataset_id), "-c", CONFIGURATION, *np_args,
+            s, _ = run_nnunet("nnUNetv2_plan_and_preprocess", ["-d", int(dataset_id), "-c", CONFIGURATION, *np_args,
                                                             "--verify_dataset_integrity"], env, peer_dir / "plan.log")
             write_text(peer_dir / "PREPROCESSED", json.dumps({"seconds": round(s, 1)}) + "\n")
             log(f"   {s:.1f} s")
@@ -418,35 +431,39 @@ def run_peer(
                 log(f"== fold {k}: done before ({fold_dir}), not run again")
                 done_folds[k] = _read_json(fold_dir / "eval" / "metrics.json")
                 continue
-            held_out = [c for c in cases if c.case in set(split[k]["val"])]
+            val = set(split[k]["val"])
+            held_out = [c for c in cases if c.case in val]  # cases.csv order: the rows of per_slice.csv
             results_fold = results / f"fold_{k}"
             if not (results_fold / "checkpoint_final.pth").is_file():
                 resume = (results_fold / "checkpoint_latest.pth").is_file()
                 log(f"== fold {k}: nnUNetv2_train {int(dataset_id)} {CONFIGURATION} {k} -tr {tr} -device {device}"
                     + (" --c" if resume else "") + f" ({len(split[k]['train'])} training slices)")
-                s = run_nnunet("nnUNetv2_train", [int(dataset_id), CONFIGURATION, k, "-tr", tr, "-device", device,
-                                                  *(["--c"] if resume else [])], train_env, fold_dir / "train.log")
+                s, cpu = run_nnunet("nnUNetv2_train", [int(dataset_id), CONFIGURATION, k, "-tr", tr, "-device", device,
+                                                       *(["--c"] if resume else [])], train_env, fold_dir / "train.log")
                 # an interrupted training that continued: its seconds are those of the last call
-                write_text(fold_dir / "TRAINED", json.dumps({"train_s": round(s, 1), "continued": resume}) + "\n")
-                log(f"   trained in {s:.1f} s")
-            train_s = float(_read_json(fold_dir / "TRAINED").get("train_s", float("nan")))
+                write_text(fold_dir / "TRAINED", json.dumps({"train_s": round(s, 1), "train_cpu_s": round(cpu, 1),
+                                                             "continued": resume}) + "\n")
+                log(f"   trained in {s:.1f} s ({cpu:.0f} CPU s)")
+            trained = _read_json(fold_dir / "TRAINED")
+            train_s = float(trained.get("train_s", float("nan")))
             peer.update(_recipe(results, plans))
             peer["settings"] = settings_text(peer)
             write_text(peer_dir / "peer.json", json.dumps(peer, indent=2) + "\n")
 
             _link_inputs(held_out, raw / "imagesTr", fold_dir / "input")
             n_proc = ["-npp", str(processes), "-nps", str(processes)] if processes else []
-            predict_s = run_nnunet("nnUNetv2_predict", ["-i", fold_dir / "input", "-o", fold_dir / "pred", "-d", int(dataset_id),
-                                                        "-c", CONFIGURATION, "-f", k, "-tr", tr, "-chk",
-                                                        f"checkpoint_{checkpoint}.pth", "-device", device, *n_proc,
-                                                        "--disable_progress_bar"], env, fold_dir / "predict.log")
+            predict_s, _ = run_nnunet("nnUNetv2_predict", [
+                "-i", fold_dir / "input", "-o", fold_dir / "pred", "-d", int(dataset_id), "-c", CONFIGURATION, "-f", k,
+                "-tr", tr, "-chk", f"checkpoint_{checkpoint}.pth", "-device", device, *n_proc, "--disable_progress_bar"],
+                env, fold_dir / "predict.log")
             from monai_liver.peer.score import score_predictions
 
             classes = exp.get("classes") or _read_json(raw / "dataset.json").get("monai_liver", {}).get("classes", [])
             m = score_predictions(held_out, raw / "imagesTr", raw / "labelsTr", fold_dir / "pred", fold_dir / "eval",
                                   classes, strategy=NAME)
             epochs_s = sum(r.get("epoch_s", 0.0) for r in epoch_log(results_fold))
-            done = {"train_s": round(train_s, 1), "epochs_s": round(epochs_s, 1), "predict_s": round(predict_s, 1),
+            done = {"train_s": round(train_s, 1), "train_cpu_s": trained.get("train_cpu_s"), "epochs_s": round(epochs_s, 1),
+                    "predict_s": round(predict_s, 1),
                     "device": device, "trainer": tr, "finished": time.time()}
             if tracker:
                 _log_child(tracker, k, peer, fold_dir, results_fold, done)
