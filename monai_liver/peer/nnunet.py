@@ -48,6 +48,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from monai_liver.atomic import write_text
@@ -316,6 +317,116 @@ def _log_child(tracker, fold: int, peer: dict, fold_dir: Path, results_fold: Pat
                                                                      "fold": fold})
 
 
+@dataclass
+class _Run:
+    """What every step of one ``run_peer`` call needs: folders, environments, settings."""
+
+    exp_dir: Path
+    peer_dir: Path
+    dataset_id: int
+    trainer: str
+    device: str
+    checkpoint: str
+    processes: int | None
+    env: dict  #: planning and prediction
+    train_env: dict  #: training (adds the data augmentation processes)
+    peer: dict  #: peer.json
+    log: Callable[[str], None]
+
+    @property
+    def raw(self) -> Path:
+        return self.peer_dir / "nnUNet_raw" / self.peer["dataset"]
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.peer_dir / "nnUNet_preprocessed" / self.peer["dataset"]
+
+    @property
+    def results(self) -> Path:
+        return self.peer_dir / "nnUNet_results" / self.peer["dataset"] / f"{self.trainer}__nnUNetPlans__{CONFIGURATION}"
+
+    def save(self) -> None:
+        write_text(self.peer_dir / "peer.json", json.dumps(self.peer, indent=2) + "\n")
+
+
+def _dataset(run: _Run, datalist: Path, image_size: int) -> tuple[list, list[dict]]:
+    """(cases, splits): written once (``dataset.json`` last), read back when resuming."""
+    from monai_liver.peer.nnunet_dataset import read_cases, splits, write_raw_dataset
+
+    t0 = time.perf_counter()
+    if all(p.is_file() for p in (run.raw / "dataset.json", run.peer_dir / "cases.csv", run.peer_dir / "splits_final.json")):
+        cases = read_cases(run.peer_dir / "cases.csv")
+        split = json.loads((run.peer_dir / "splits_final.json").read_text())
+        run.log(f"== dataset: {run.raw} (written before)")
+    else:
+        run.log(f"== dataset: {run.raw}")
+        cases, fold_splits = write_raw_dataset(datalist, run.raw, run.exp_dir / "cache", image_size,
+                                               run.peer["max_train_slices"])
+        split = splits(cases, fold_splits)
+        write_text(run.peer_dir / "splits_final.json", json.dumps(split, indent=2) + "\n")
+    run.log(f"   {len(cases)} slices of {len({c.patient_id for c in cases})} patients, {len(split)} folds "
+            f"({', '.join(str(len(s['val'])) for s in split)} held-out slices), {time.perf_counter() - t0:.1f} s")
+    return cases, split
+
+
+def _plan(run: _Run, split: list[dict]) -> dict:
+    """nnU-Net's fingerprint, plans and 2d preprocessing (once), then our split file; returns the plans."""
+    if not (run.preprocessed / "nnUNetPlans.json").is_file() or not (run.peer_dir / "PREPROCESSED").is_file():
+        run.log("== nnU-Net plan and preprocess (fingerprint, plans, preprocessing: 2d)")
+        n_proc = ["-np", str(run.processes), "-npfp", str(run.processes)] if run.processes else []
+        s, _ = run_nnunet("nnUNetv2_plan_and_preprocess", ["-d", run.dataset_id, "-c", CONFIGURATION, *n_proc,
+                                                           "--verify_dataset_integrity"], run.env, run.peer_dir / "plan.log")
+        write_text(run.peer_dir / "PREPROCESSED", json.dumps({"seconds": round(s, 1)}) + "\n")
+        run.log(f"   {s:.1f} s")
+    write_text(run.preprocessed / "splits_final.json", json.dumps(split, indent=2) + "\n")  # our folds: nnU-Net makes none
+    plans = _read_json(run.preprocessed / "nnUNetPlans.json")
+    if CONFIGURATION not in plans.get("configurations", {}):
+        raise LiverError(f"{run.preprocessed / 'nnUNetPlans.json'}: nnU-Net planned no '{CONFIGURATION}' configuration")
+    return plans
+
+
+def _fold(run: _Run, k: int, cases: list, split: list[dict], plans: dict, classes: Sequence[str], tracker) -> dict:
+    """Train fold ``k`` (unless nnU-Net's final checkpoint exists), predict its held-out slices, score
+    them with our metric code, log the MLflow run, write ``DONE``; returns the held-out metrics."""
+    from monai_liver.peer.score import score_predictions
+
+    fold_dir, results_fold = run.peer_dir / f"fold{k}", run.results / f"fold_{k}"
+    val = set(split[k]["val"])
+    held_out = [c for c in cases if c.case in val]  # cases.csv order: the rows of per_slice.csv
+    if not (results_fold / "checkpoint_final.pth").is_file():
+        resume = (results_fold / "checkpoint_latest.pth").is_file()
+        run.log(f"== fold {k}: nnUNetv2_train {run.dataset_id} {CONFIGURATION} {k} -tr {run.trainer} -device {run.device}"
+                + (" --c" if resume else "") + f" ({len(split[k]['train'])} training slices)")
+        s, cpu = run_nnunet("nnUNetv2_train", [run.dataset_id, CONFIGURATION, k, "-tr", run.trainer, "-device", run.device,
+                                               *(["--c"] if resume else [])], run.train_env, fold_dir / "train.log")
+        # an interrupted training that continued: its seconds are those of the last call
+        write_text(fold_dir / "TRAINED", json.dumps({"train_s": round(s, 1), "train_cpu_s": round(cpu, 1),
+                                                     "continued": resume}) + "\n")
+        run.log(f"   trained in {s:.1f} s ({cpu:.0f} CPU s)")
+    trained = _read_json(fold_dir / "TRAINED")
+    run.peer.update(_recipe(run.results, plans))
+    run.peer["settings"] = settings_text(run.peer)
+    run.save()
+
+    _link_inputs(held_out, run.raw / "imagesTr", fold_dir / "input")
+    n_proc = ["-npp", str(run.processes), "-nps", str(run.processes)] if run.processes else []
+    predict_s, _ = run_nnunet("nnUNetv2_predict", [
+        "-i", fold_dir / "input", "-o", fold_dir / "pred", "-d", run.dataset_id, "-c", CONFIGURATION, "-f", k,
+        "-tr", run.trainer, "-chk", f"checkpoint_{run.checkpoint}.pth", "-device", run.device, *n_proc,
+        "--disable_progress_bar"], run.env, fold_dir / "predict.log")
+    m = score_predictions(held_out, run.raw / "imagesTr", run.raw / "labelsTr", fold_dir / "pred", fold_dir / "eval",
+                          classes, strategy=NAME)
+    done = {"train_s": trained.get("train_s"), "train_cpu_s": trained.get("train_cpu_s"),
+            "epochs_s": round(sum(r.get("epoch_s", 0.0) for r in epoch_log(results_fold)), 1),
+            "predict_s": round(predict_s, 1), "device": run.device, "trainer": run.trainer, "finished": time.time()}
+    if tracker:
+        _log_child(tracker, k, run.peer, fold_dir, results_fold, done)
+    write_text(fold_dir / "DONE", json.dumps(done) + "\n")
+    run.log(f"   fold {k}: predicted in {predict_s:.1f} s; held-out Dice {m['dice']:.3f}, recall {m['recall']:.3f}, "
+            f"detection recall {m['detection_recall']:.3f} ({m['n_slices']} slices, our metric code)")
+    return m
+
+
 def run_peer(
     experiment: str | Path,
     *,
@@ -344,7 +455,7 @@ def run_peer(
     settings than the folder was started with, or a failed nnU-Net step (naming its log)."""
     version = nnunet_version()
     exp_dir = Path(experiment).expanduser().resolve()
-    from monai_liver.peer.nnunet_dataset import experiment_datalist, read_cases, splits, write_raw_dataset
+    from monai_liver.peer.nnunet_dataset import experiment_datalist
 
     datalist = experiment_datalist(exp_dir)
     exp = _read_json(exp_dir / "experiment.json")
@@ -353,124 +464,52 @@ def run_peer(
     if checkpoint not in ("final", "best"):
         raise LiverError(f"--checkpoint {checkpoint!r}: choose final or best")
     tr = trainer_for(trainer, epochs, iterations, val_iterations)
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
+    if device not in (None, "cpu", "cuda"):
         raise LiverError(f"--device {device!r}: choose cpu or cuda")
-    if device == "cuda":
+    if device != "cpu":
         import torch
 
-        if not torch.cuda.is_available():
+        if device == "cuda" and not torch.cuda.is_available():
             raise LiverError("--device cuda: no CUDA device is available (use --device cpu)")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         processes = 1 if processes is None else processes
         da_processes = 0 if da_processes is None else da_processes
     if not 1 <= int(dataset_id) <= 999:
         raise LiverError(f"--dataset-id {dataset_id}: nnU-Net dataset ids have three digits (1-999)")
-    dataset = f"Dataset{int(dataset_id):03d}_{DATASET_NAME}"
     peer_dir = exp_dir / "peers" / NAME
-    raw = peer_dir / "nnUNet_raw" / dataset
-    pre = peer_dir / "nnUNet_preprocessed" / dataset
-    results = peer_dir / "nnUNet_results" / dataset / f"{tr}__nnUNetPlans__{CONFIGURATION}"
-    env = nnunet_env(peer_dir, processes)
+    peer = {"name": NAME, "title": TITLE, "init": "scratch", "nnunetv2": version, "configuration": CONFIGURATION,
+            "dataset": f"Dataset{int(dataset_id):03d}_{DATASET_NAME}", "datalist": str(datalist),
+            "datalist_sha256": _sha256(datalist), "image_size": int(exp["image_size"]),
+            "max_train_slices": int(exp.get("max_slices") or 0), "trainer": tr, "checkpoint": checkpoint, "device": device}
     # nnU-Net's planner sets torch's thread count from nnUNet_n_proc_DA (0 fails there): training only
-    train_env = nnunet_env(peer_dir, processes, da_processes)
+    run = _Run(exp_dir, peer_dir, int(dataset_id), tr, device, checkpoint, processes, nnunet_env(peer_dir, processes),
+               nnunet_env(peer_dir, processes, da_processes), peer, log)
 
     with _lock(peer_dir):
-        peer = {"name": NAME, "title": TITLE, "init": "scratch", "nnunetv2": version, "configuration": CONFIGURATION,
-                "dataset": dataset, "datalist": str(datalist), "datalist_sha256": _sha256(datalist),
-                "image_size": int(exp["image_size"]), "max_train_slices": int(exp.get("max_slices") or 0),
-                "trainer": tr, "checkpoint": checkpoint, "device": device}
         old = _read_json(peer_dir / "peer.json")
         changed = [k for k in _FIXED if k in old and old[k] != peer[k]]
         if changed:
             k = changed[0]
             raise LiverError(f"{peer_dir}: started with {k}={old[k]!r}, now {peer[k]!r}; use the same options to "
                              f"resume, or delete {peer_dir} to start again")
-        peer = {**old, **peer}
-        write_text(peer_dir / "peer.json", json.dumps(peer, indent=2) + "\n")
-
-        t0 = time.perf_counter()
-        if (raw / "dataset.json").is_file() and (peer_dir / "cases.csv").is_file() and (peer_dir / "splits_final.json").is_file():
-            cases = read_cases(peer_dir / "cases.csv")
-            split = json.loads((peer_dir / "splits_final.json").read_text())
-            log(f"== dataset: {raw} (written before)")
-        else:
-            log(f"== dataset: {raw}")
-            cases, fold_splits = write_raw_dataset(datalist, raw, exp_dir / "cache", int(exp["image_size"]),
-                                                   peer["max_train_slices"])
-            split = splits(cases, fold_splits)
-            write_text(peer_dir / "splits_final.json", json.dumps(split, indent=2) + "\n")
-        n_folds = len(split)
-        log(f"   {len(cases)} slices of {len({c.patient_id for c in cases})} patients, {n_folds} folds "
-            f"({', '.join(str(len(s['val'])) for s in split)} held-out slices), {time.perf_counter() - t0:.1f} s")
-
-        if not (pre / "nnUNetPlans.json").is_file() or not (peer_dir / "PREPROCESSED").is_file():
-            log("== nnU-Net plan and preprocess (fingerprint, plans, preprocessing: 2d)")
-            np_args = ["-np", str(processes), "-npfp", str(processes)] if processes else []
-            s, _ = run_nnunet("nnUNetv2_plan_and_preprocess", ["-d", int(dataset_id), "-c", CONFIGURATION, *np_args,
-                                                            "--verify_dataset_integrity"], env, peer_dir / "plan.log")
-            write_text(peer_dir / "PREPROCESSED", json.dumps({"seconds": round(s, 1)}) + "\n")
-            log(f"   {s:.1f} s")
-        write_text(pre / "splits_final.json", json.dumps(split, indent=2) + "\n")  # our folds, nnU-Net makes none
-        plans = _read_json(pre / "nnUNetPlans.json")
-        if CONFIGURATION not in plans.get("configurations", {}):
-            raise LiverError(f"{pre / 'nnUNetPlans.json'}: nnU-Net planned no '{CONFIGURATION}' configuration")
-
-        tracker = _tracker(exp_dir, tracking, tracking_uri, log)
-        todo = list(range(n_folds)) if folds is None else [int(k) for k in folds]
+        run.peer = {**old, **peer}
+        run.save()
+        cases, split = _dataset(run, datalist, int(exp["image_size"]))
+        plans = _plan(run, split)
+        todo = list(range(len(split))) if folds is None else [int(k) for k in folds]
         for k in todo:
-            if not 0 <= k < n_folds:
-                raise LiverError(f"--folds {k}: the experiment has folds 0-{n_folds - 1}")
+            if not 0 <= k < len(split):
+                raise LiverError(f"--folds {k}: the experiment has folds 0-{len(split) - 1}")
+        classes = exp.get("classes") or _read_json(run.raw / "dataset.json").get("monai_liver", {}).get("classes", [])
+        tracker = _tracker(exp_dir, tracking, tracking_uri, log)
         done_folds: dict[int, dict] = {}
         for k in todo:
-            fold_dir = peer_dir / f"fold{k}"
-            if (fold_dir / "DONE").is_file():
-                log(f"== fold {k}: done before ({fold_dir}), not run again")
-                done_folds[k] = _read_json(fold_dir / "eval" / "metrics.json")
-                continue
-            val = set(split[k]["val"])
-            held_out = [c for c in cases if c.case in val]  # cases.csv order: the rows of per_slice.csv
-            results_fold = results / f"fold_{k}"
-            if not (results_fold / "checkpoint_final.pth").is_file():
-                resume = (results_fold / "checkpoint_latest.pth").is_file()
-                log(f"== fold {k}: nnUNetv2_train {int(dataset_id)} {CONFIGURATION} {k} -tr {tr} -device {device}"
-                    + (" --c" if resume else "") + f" ({len(split[k]['train'])} training slices)")
-                s, cpu = run_nnunet("nnUNetv2_train", [int(dataset_id), CONFIGURATION, k, "-tr", tr, "-device", device,
-                                                       *(["--c"] if resume else [])], train_env, fold_dir / "train.log")
-                # an interrupted training that continued: its seconds are those of the last call
-                write_text(fold_dir / "TRAINED", json.dumps({"train_s": round(s, 1), "train_cpu_s": round(cpu, 1),
-                                                             "continued": resume}) + "\n")
-                log(f"   trained in {s:.1f} s ({cpu:.0f} CPU s)")
-            trained = _read_json(fold_dir / "TRAINED")
-            train_s = float(trained.get("train_s", float("nan")))
-            peer.update(_recipe(results, plans))
-            peer["settings"] = settings_text(peer)
-            write_text(peer_dir / "peer.json", json.dumps(peer, indent=2) + "\n")
-
-            _link_inputs(held_out, raw / "imagesTr", fold_dir / "input")
-            n_proc = ["-npp", str(processes), "-nps", str(processes)] if processes else []
-            predict_s, _ = run_nnunet("nnUNetv2_predict", [
-                "-i", fold_dir / "input", "-o", fold_dir / "pred", "-d", int(dataset_id), "-c", CONFIGURATION, "-f", k,
-                "-tr", tr, "-chk", f"checkpoint_{checkpoint}.pth", "-device", device, *n_proc, "--disable_progress_bar"],
-                env, fold_dir / "predict.log")
-            from monai_liver.peer.score import score_predictions
-
-            classes = exp.get("classes") or _read_json(raw / "dataset.json").get("monai_liver", {}).get("classes", [])
-            m = score_predictions(held_out, raw / "imagesTr", raw / "labelsTr", fold_dir / "pred", fold_dir / "eval",
-                                  classes, strategy=NAME)
-            epochs_s = sum(r.get("epoch_s", 0.0) for r in epoch_log(results_fold))
-            done = {"train_s": round(train_s, 1), "train_cpu_s": trained.get("train_cpu_s"), "epochs_s": round(epochs_s, 1),
-                    "predict_s": round(predict_s, 1),
-                    "device": device, "trainer": tr, "finished": time.time()}
-            if tracker:
-                _log_child(tracker, k, peer, fold_dir, results_fold, done)
-            write_text(fold_dir / "DONE", json.dumps(done) + "\n")
-            done_folds[k] = m
-            log(f"   fold {k}: predicted in {predict_s:.1f} s; held-out Dice {m['dice']:.3f}, recall {m['recall']:.3f}, "
-                f"detection recall {m['detection_recall']:.3f} ({m['n_slices']} slices, our metric code)")
+            if (peer_dir / f"fold{k}" / "DONE").is_file():
+                log(f"== fold {k}: done before ({peer_dir / f'fold{k}'}), not run again")
+                done_folds[k] = _read_json(peer_dir / f"fold{k}" / "eval" / "metrics.json")
+            else:
+                done_folds[k] = _fold(run, k, cases, split, plans, classes, tracker)
 
         from monai_liver.experiment.report import build_report
 
@@ -478,7 +517,7 @@ def run_peer(
         html = build_report(exp_dir, n_boot=n_boot)
         if tracker:
             tracker.finish(exp_dir)
-    return {**peer, "folds": done_folds, "report": str(html)}
+    return {**run.peer, "folds": done_folds, "report": str(html)}
 
 
 # ------------------------------------------------------------------------------------------- CLI
