@@ -57,7 +57,7 @@ def plot_metrics(results, path: Path) -> Path:
     strategies = list(dict.fromkeys(results["strategy"]))
     inits = list(dict.fromkeys(results["init"]))
     titles = {s: str(x) for s, x in zip(results["strategy"], results.get("title", results["strategy"])) if isinstance(x, str) and x}
-    fig = _figure(4.2 * 3, 4.0)
+    fig = _figure(max(4.2, 1.15 * len(strategies)) * 3, 4.0)  # a peer makes a fifth group: wider, labels apart
     axes = fig.subplots(1, 3, sharey=True)
     width = 0.8 / max(len(inits), 1)
     for ax, metric in zip(axes, METRIC_TITLES):
