@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -c constraints.txt -e ".[dev,label,cluster]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,label,cluster,peer]"
 	touch $@
 
 install: $(VENV)/.installed

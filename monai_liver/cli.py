@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("monai_liver.data.validation", "check a dataset before training"),
     "experiment": ("monai_liver.experiment.cli", "run every strategy x init x fold and build the table"),
     "report": ("monai_liver.experiment.report", "rebuild the results table and report from finished runs"),
+    "peer": ("monai_liver.peer", "train and score a peer method (nnU-Net v2) on an experiment's folds: a row of its table"),
     "infer": ("monai_liver.inference.infer", "segment and classify lesions on new CT (NIfTI / DICOM)"),
     "export": ("monai_liver.inference.export", "export a trained bundle to TorchScript"),
     "label-server": ("monai_liver.label_app.server", "start the MONAI Label server for annotators"),

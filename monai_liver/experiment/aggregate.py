@@ -7,10 +7,13 @@ An experiment folder looks like::
         DONE                                   written atomically after evaluation
         eval/per_slice.csv, eval/metrics.json, eval/examples.npz, train_log.csv
     <out>/runs/<strategy>/<init>/NOT_RUN       one line: why this init was not run (e.g. no ImageNet weights)
+    <out>/peers/<name>/peer.json               a peer method (e.g. nnU-Net, monai_liver.peer): title, init, settings
+    <out>/peers/<name>/fold<k>/                DONE, eval/per_slice.csv, eval/metrics.json (our metric code)
 
 :func:`aggregate` writes ``per_slice.csv`` (every held-out prediction with ``strategy``, ``init``,
-``fold``), ``results.csv`` (one row per strategy x init) and ``results.md`` (the paper's table with
-the paper's numbers beside ours).
+``fold``), ``results.csv`` (one row per strategy x init, and one per peer, placed under the
+segmentation baseline) and ``results.md`` (the paper's table with the paper's numbers beside ours;
+with a peer, the training time per fold of every row beside the peer's).
 
 Figures (the definitions the README states):
 
@@ -51,6 +54,8 @@ __all__ = [
     "METRICS",
     "RunInfo",
     "find_runs",
+    "find_peer_runs",
+    "read_peers",
     "read_experiment",
     "load_per_slice",
     "summarise",
@@ -110,6 +115,29 @@ def find_runs(out_dir: str | Path) -> list[RunInfo]:
             continue
         runs.append(RunInfo(d.parent.parent.name, d.parent.name, int(d.name[4:]), d, _is_done(d)))
     return sorted(runs, key=lambda r: (_order(r.strategy, STRATEGIES), _order(r.init, INITS), r.fold))
+
+
+def read_peers(out_dir: str | Path) -> dict[str, dict]:
+    """``<out>/peers/<name>/peer.json`` of every peer (name -> content; unreadable ones left out)."""
+    peers = {}
+    for p in sorted((Path(out_dir) / "peers").glob("*/peer.json")):
+        try:
+            peers[p.parent.name] = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+    return peers
+
+
+def find_peer_runs(out_dir: str | Path, peers: dict[str, dict] | None = None) -> list[RunInfo]:
+    """The ``peers/<name>/fold<k>`` folders, as runs of strategy ``<name>`` and the peer's init
+    (``peer.json``: ``"init"``, default scratch)."""
+    peers = read_peers(out_dir) if peers is None else peers
+    runs = []
+    for name, peer in peers.items():
+        for d in sorted((Path(out_dir) / "peers" / name).glob("fold*")):
+            if d.is_dir() and d.name[4:].isdigit():
+                runs.append(RunInfo(name, str(peer.get("init") or "scratch"), int(d.name[4:]), d, _is_done(d)))
+    return sorted(runs, key=lambda r: (r.strategy, r.fold))
 
 
 def _order(name: str, names: Sequence[str]) -> tuple[int, str]:
@@ -338,8 +366,10 @@ def summarise(
     n_boot: int = N_BOOT,
     seed: int = SEED,
     inconsistent: dict[tuple[str, str], str] | None = None,
+    peers: dict[tuple[str, str], str] | None = None,
 ) -> pd.DataFrame:
-    """One row per strategy x init (the paper's 12, plus any other found), paper order.
+    """One row per strategy x init (the paper's 12, plus any other found), paper order; a peer's row
+    (``peers``: (name, init) -> title) right under the segmentation baseline's.
 
     ``experiment``: the runner's description (``strategies``, ``inits``, ``folds``, ``classes``);
     ``not_run``: (strategy, init) -> reason; ``folds_done``: (strategy, init) -> finished folds
@@ -355,14 +385,20 @@ def summarise(
     keys = [(s, i) for s in STRATEGIES for i in INITS]
     found = set(zip(per_slice["strategy"], per_slice["init"])) | set(not_run) | set(folds_done or {})
     keys += sorted(k for k in found if k not in keys)
+    peers = peers or {}
+    if peers:
+        keys = [k for k in keys if k not in peers]
+        seg = [j for j, k in enumerate(keys) if k[0] == "seg_baseline"]
+        at = seg[-1] + 1 if seg else len(keys)
+        keys[at:at] = list(peers)
     rows = []
     for s, i in keys:
         g = per_slice[(per_slice["strategy"] == s) & (per_slice["init"] == i)]
         done = sorted((folds_done or {}).get((s, i), sorted(set(g["fold"].astype(int)))))
-        row: dict = {"strategy": s, "init": i}
+        row: dict = {"strategy": s, "init": i, "title": peers.get((s, i)) or STRATEGY_TITLES.get(s, s)}
         if (s, i) in not_run:
             status = f"not run: {not_run[(s, i)]}"
-        elif s not in requested_s or i not in requested_i:
+        elif (s not in requested_s or i not in requested_i) and (s, i) not in peers:
             status = "not run: not requested"
         elif not done:
             status = "not run: pending"
@@ -382,12 +418,12 @@ def summarise(
             v = paper_value(s, i, m)
             row[f"paper_{m}"] = math.nan if v is None else v
         rows.append(row)
-    cols = ["strategy", "init", "status", "folds_done", "folds_expected"]
+    cols = ["strategy", "init", "title", "status", "folds_done", "folds_expected"]
     for m in METRICS:
         cols += [m, f"{m}_lo", f"{m}_hi"]
     cols += [f"sens_{c}" for c in classes] + [f"spec_{c}" for c in classes]
     cols += ["acc_n_slices", "dice_n_slices", "recall_n_slices", "n_slices", "n_patients", "confusion",
-             "paper_acc", "paper_dice", "paper_recall"]
+             "paper_acc", "paper_dice", "paper_recall", "train_s", "settings"]
     return pd.DataFrame(rows).reindex(columns=cols)
 
 
@@ -452,9 +488,43 @@ def settings_line(experiment: dict, pretrain: dict | None = None) -> str:
     return text.strip()
 
 
-def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int = N_BOOT, settings: str = "") -> str:
+def row_title(r) -> str:
+    """The table's name of a results row: its ``title`` (peers), else the strategy's."""
+    title = r.get("title") if hasattr(r, "get") else None
+    return str(title) if isinstance(title, str) and title else STRATEGY_TITLES.get(r["strategy"], r["strategy"])
+
+
+def timing_rows(results: pd.DataFrame) -> list[tuple[str, str, str, float, int]]:
+    """(row, init, settings, mean training seconds per fold, folds) of every row with a training time."""
+    out = []
+    for _, r in results.iterrows():
+        s = r.get("train_s")
+        if s is None or not isinstance(s, (int, float)) or not math.isfinite(float(s)):
+            continue
+        settings = r.get("settings")
+        out.append((row_title(r), INIT_TITLES.get(r["init"], r["init"]), settings if isinstance(settings, str) else "",
+                    float(s), int(r.get("folds_done") or 0)))
+    return out
+
+
+def timing_markdown(results: pd.DataFrame) -> str:
+    """The training time per fold of every row, its settings beside (shown when a peer ran)."""
+    rows = timing_rows(results)
+    if not rows:
+        return ""
+    lines = ["## Training time per fold", "",
+             "| Row | Init | Settings | Training per fold | Folds |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {t} | {i} | {s} | {sec:.0f} s | {n} |" for t, i, s, sec, n in rows]
+    return "\n".join(lines) + ("\n\nTraining per fold: mean wall seconds of a run's training step (ours: the bundle's "
+                               "train.json with its validation epochs; a peer: its training command with its "
+                               "start-up, and for nnU-Net's stock trainers its prediction of the validation fold).")
+
+
+def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int = N_BOOT, settings: str = "",
+                     timing: str = "") -> str:
     """The table laid out like the paper's: ours (Acc, Dice, Recall with 95% intervals), the paper's
-    numbers beside, then n, status, the shared settings and a footnote with the definitions."""
+    numbers beside, then n, status, the shared settings, ``timing`` (markdown, e.g.
+    :func:`timing_markdown`) and a footnote with the definitions."""
     head = ("| Strategy | Init | Acc | Dice | Recall | Paper Acc | Paper Dice | Paper Recall | n (slices / patients) | Status |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [head]
@@ -463,12 +533,13 @@ def results_markdown(results: pd.DataFrame, phantoms: bool = False, n_boot: int 
         paper = [format_cell(r.get(f"paper_{m}")) for m in ("acc", "dice", "recall")]
         n = f"{int(r['n_slices'])} / {int(r['n_patients'])}" if pd.notna(r.get("n_slices")) else "–"
         lines.append(
-            f"| {STRATEGY_TITLES.get(r['strategy'], r['strategy'])} | {INIT_TITLES.get(r['init'], r['init'])} | "
+            f"| {row_title(r)} | {INIT_TITLES.get(r['init'], r['init'])} | "
             + " | ".join(ours + paper) + f" | {n} | {short_status(r['status'])} |"
         )
     title = "# Results" + (" (phantoms)" if phantoms else "")
     settings = f"{settings}\n\n" if settings else ""
-    return f"{title}\n\n" + "\n".join(lines) + "\n\n" + settings + footnote(phantoms, n_boot) + "\n"
+    timing = f"{timing}\n\n" if timing else ""
+    return f"{title}\n\n" + "\n".join(lines) + "\n\n" + settings + timing + footnote(phantoms, n_boot) + "\n"
 
 
 def _not_run(out_dir: Path) -> dict[tuple[str, str], str]:
@@ -492,21 +563,50 @@ def aggregate(out_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> di
     if not out_dir.is_dir():
         raise LiverError(f"{out_dir}: not a folder (expected an experiment output folder)")
     exp = read_experiment(out_dir)
-    runs = find_runs(out_dir)
+    peers = read_peers(out_dir)
+    runs = find_runs(out_dir) + find_peer_runs(out_dir, peers)
     not_run = _not_run(out_dir)
     if not runs and not not_run and not exp:
         raise LiverError(f"{out_dir}: no experiment here (no runs/<strategy>/<init>/fold<k> folders, no experiment.json)")
     per_slice = load_per_slice(out_dir, runs)
     folds_done: dict[tuple[str, str], list[int]] = {}
+    seconds: dict[tuple[str, str], list[float]] = {}
     for r in runs:
         if r.done:
             folds_done.setdefault((r.strategy, r.init), []).append(r.fold)
+            s = _train_seconds(r.path)
+            if s is not None:
+                seconds.setdefault((r.strategy, r.init), []).append(s)
+    peer_rows = {(name, str(p.get("init") or "scratch")): str(p.get("title") or name) for name, p in peers.items()
+                 if (name, str(p.get("init") or "scratch")) in folds_done}
     results = summarise(per_slice, exp, not_run, folds_done, n_boot=n_boot, seed=seed,
-                        inconsistent=check_runs(per_slice, runs))
+                        inconsistent=check_runs(per_slice, runs), peers=peer_rows)
+    ours = row_settings(exp)
+    keys = list(zip(results["strategy"], results["init"]))
+    results["train_s"] = [float(np.mean(seconds[k])) if k in seconds else math.nan for k in keys]
+    results["settings"] = [str(peers[k[0]].get("settings") or "") if k in peer_rows else ours if k in folds_done else ""
+                           for k in keys]
     phantoms = is_phantoms(exp)
     paths = {"per_slice": out_dir / "per_slice.csv", "results": out_dir / "results.csv", "markdown": out_dir / "results.md"}
     write_text(paths["per_slice"], per_slice.to_csv(index=False))
     write_text(paths["results"], results.to_csv(index=False, float_format="%.4f"))
     settings = settings_line(exp, pretrain_figures(out_dir))
-    write_text(paths["markdown"], results_markdown(results, phantoms=phantoms, n_boot=n_boot, settings=settings))
+    timing = timing_markdown(results) if peer_rows else ""
+    write_text(paths["markdown"], results_markdown(results, phantoms=phantoms, n_boot=n_boot, settings=settings, timing=timing))
     return paths
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    """The training seconds a finished run's ``DONE`` records (``train_s``), or None."""
+    try:
+        s = json.loads((run_dir / "DONE").read_text()).get("train_s")
+        return float(s) if s is not None and math.isfinite(float(s)) else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def row_settings(experiment: dict) -> str:
+    """Our rows' training settings in a few words (backbone, size, epochs, batch, lr, device)."""
+    keys = (("backbone", "{}"), ("image_size", "{} px"), ("epochs", "{} epochs"), ("batch_size", "batch {}"),
+            ("learning_rate", "lr {}"), ("device", "device {}"))
+    return ", ".join(fmt.format(experiment[k]) for k, fmt in keys if experiment.get(k) not in (None, ""))

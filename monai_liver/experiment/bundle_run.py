@@ -26,7 +26,7 @@ from pathlib import Path
 
 from monai_liver.errors import LiverError
 
-__all__ = ["config_ids", "run_bundle", "stop_on_signals"]
+__all__ = ["config_ids", "die_with_parent", "run_bundle", "stop_on_signals"]
 
 
 def config_ids(config: Path) -> set[str]:
@@ -55,7 +55,7 @@ def run_bundle(bundle: Path, configs: Sequence[str], overrides: dict, log: Path,
     with open(log, "a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        _Child.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        _Child.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
         try:
             rc = _Child.proc.wait()
         finally:
@@ -148,7 +148,7 @@ class _Child:
     proc: subprocess.Popen | None = None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
     # Linux: the bundle process gets SIGTERM when the experiment dies, even by SIGKILL, so a killed
     # experiment never leaves a training writing into a run folder that a resumed one also uses.
     try:

@@ -56,7 +56,8 @@ def plot_metrics(results, path: Path) -> Path:
 
     strategies = list(dict.fromkeys(results["strategy"]))
     inits = list(dict.fromkeys(results["init"]))
-    fig = _figure(4.2 * 3, 4.0)
+    titles = {s: str(x) for s, x in zip(results["strategy"], results.get("title", results["strategy"])) if isinstance(x, str) and x}
+    fig = _figure(max(4.2, 1.15 * len(strategies)) * 3, 4.0)  # a peer makes a fifth group: wider, labels apart
     axes = fig.subplots(1, 3, sharey=True)
     width = 0.8 / max(len(inits), 1)
     for ax, metric in zip(axes, METRIC_TITLES):
@@ -84,7 +85,7 @@ def plot_metrics(results, path: Path) -> Path:
             ax.scatter(px, py, marker="_", s=200, color="black", linewidths=2,
                        label="paper" if j == len(inits) - 1 else None, zorder=3)
         ax.set_xticks(range(len(strategies)))
-        ax.set_xticklabels([STRATEGY_TITLES.get(s, s).replace(" ", "\n", 1) for s in strategies], fontsize=8)
+        ax.set_xticklabels([titles.get(s, STRATEGY_TITLES.get(s, s)).replace(" ", "\n", 1) for s in strategies], fontsize=8)
         ax.set_title(METRIC_TITLES[metric])
         ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
@@ -260,10 +261,11 @@ def plot_examples(out_dir: Path, strategy: str, path: Path, n_worst: int = 6, n_
     import numpy as np
     import pandas as pd
 
-    from monai_liver.experiment.aggregate import find_runs
+    from monai_liver.experiment.aggregate import find_peer_runs, find_runs, read_peers
     from monai_liver.experiment.paper import INIT_TITLES, STRATEGY_TITLES
 
-    runs = [r for r in find_runs(out_dir) if r.strategy == strategy and r.done and (r.path / "eval" / "examples.npz").is_file()]
+    runs = [r for r in find_runs(out_dir) + find_peer_runs(out_dir) if r.strategy == strategy and r.done
+            and (r.path / "eval" / "examples.npz").is_file()]
     if not runs:
         return None
     lits = [r for r in runs if r.init == "lits"]
@@ -288,6 +290,9 @@ def plot_examples(out_dir: Path, strategy: str, path: Path, n_worst: int = 6, n_
     picks = pick_examples(df, n_worst, n_other)
     if not picks:
         return None
+    peer = read_peers(out_dir).get(strategy)
+    title = (peer or {}).get("title") or STRATEGY_TITLES.get(strategy, strategy)
+    segments_only = strategy == "seg_baseline" or peer is not None  # no class to show
     ncol = 6
     nrow = math.ceil(len(picks) / ncol)
     fig = _figure(2.2 * ncol, 2.5 * nrow + 0.4)
@@ -309,25 +314,25 @@ def plot_examples(out_dir: Path, strategy: str, path: Path, n_worst: int = 6, n_
         t, p = str(row.get("true_cls") or "") if pd.notna(row.get("true_cls")) else "", row.get("pred_cls")
         p = "" if pd.isna(p) else str(p)
         d = pd.to_numeric(pd.Series([row.get("dice")]), errors="coerce").iloc[0]
-        line2 = f"true {t or '?'} -> {p or 'none'}" if p or strategy != "seg_baseline" else f"true {t or '?'}"
+        line2 = f"true {t or '?'} -> {p or 'none'}" if p or not segments_only else f"true {t or '?'}"
         line3 = f"Dice {d:.2f}" if np.isfinite(d) else ""
         wrong = bool(p) and t and p != t
         ax.set_title(f"{'WORST ' if kind == 'worst' else ''}{row['patient_id']}\n{line2}\n{line3}", fontsize=7,
                      color="crimson" if wrong else "black")
-    fig.suptitle(f"{STRATEGY_TITLES.get(strategy, strategy)} ({INIT_TITLES.get(init, init)} init), held-out slices: "
+    fig.suptitle(f"{title} ({INIT_TITLES.get(init, init)} init), held-out slices: "
                  "green = true lesion, red = predicted", fontsize=9)
     return _save(fig, path)
 
 
 def _table_html(results, phantoms: bool) -> str:
-    from monai_liver.experiment.aggregate import format_cell
-    from monai_liver.experiment.paper import INIT_TITLES, STRATEGY_TITLES
+    from monai_liver.experiment.aggregate import format_cell, row_title
+    from monai_liver.experiment.paper import INIT_TITLES
 
     head = ["Strategy", "Init", "Acc", "Dice", "Recall", "Bal. acc", "Global Dice", "Detection recall",
             "Paper Acc", "Paper Dice", "Paper Recall", "n slices / patients", "Status"]
     out = ["<table>", "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for _, r in results.iterrows():
-        cells = [STRATEGY_TITLES.get(r.strategy, r.strategy), INIT_TITLES.get(r.init, r.init)]
+        cells = [row_title(r), INIT_TITLES.get(r.init, r.init)]
         cells += [format_cell(r.get(m), r.get(f"{m}_lo"), r.get(f"{m}_hi")) for m in ("acc", "dice", "recall")]
         cells += [format_cell(r.get(m)) for m in ("bacc", "global_dice", "detection_recall")]
         cells += [format_cell(r.get(f"paper_{m}")) for m in ("acc", "dice", "recall")]
@@ -337,6 +342,21 @@ def _table_html(results, phantoms: bool) -> str:
         cls = "" if str(r.status) == "done" else ' class="pending"'
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     out.append("</table>")
+    return "\n".join(out)
+
+
+def _timing_html(results) -> str:
+    """The training time per fold of every row (shown when a peer ran)."""
+    from monai_liver.experiment.aggregate import timing_rows
+
+    rows = timing_rows(results)
+    head = ["Row", "Init", "Settings", "Training per fold", "Folds"]
+    out = ["<h2>Training time per fold</h2>", "<table>", "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for title, init, settings, sec, n in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (title, init, settings, f"{sec:.0f} s", n)) + "</tr>")
+    out.append("</table>")
+    out.append('<p class="note">Mean wall seconds of a run\'s training step (ours: the bundle\'s train.json with its '
+               "validation epochs; a peer: its training command with its start-up, and for nnU-Net's stock trainers its prediction of the validation fold).</p>")
     return "\n".join(out)
 
 
@@ -377,7 +397,8 @@ def build_report(out_dir: str | Path, n_boot: int | None = None) -> Path:
     figs.append(("Learning curves", plot_curves(out_dir, fig_dir / "curves.png"),
                  "Training loss and validation metrics on the held-out fold, per epoch; one line per init and fold."))
     for s in dict.fromkeys(results["strategy"]):
-        figs.append((f"Held-out examples: {s}", plot_examples(out_dir, s, fig_dir / f"examples_{s}.png"),
+        figs.append((f"Held-out examples: {agg.read_peers(out_dir).get(s, {}).get('title') or s}",
+                     plot_examples(out_dir, s, fig_dir / f"examples_{s}.png"),
                      "WORST: misclassified or lowest Dice; the others drawn at random (seeded)."))
     from monai_liver.experiment.paper import PAPER_REF
 
@@ -393,6 +414,8 @@ def build_report(out_dir: str | Path, n_boot: int | None = None) -> Path:
         if settings:
             body.append(f'<p class="note">{html.escape(settings)}</p>')
     body.append(_table_html(results, phantoms))
+    if agg.read_peers(out_dir) and agg.timing_rows(results):
+        body.append(_timing_html(results))
     foot = agg.footnote(False, n_boot or agg.N_BOOT).splitlines()
     body.append('<ol class="note">' + "".join(f"<li>{html.escape(t.split('. ', 1)[1])}</li>" for t in foot) + "</ol>")
     body.append(f'<p class="note">Files: <a href="results.csv">results.csv</a> (all figures, per-class sensitivity '
