@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import tiny_experiment_data
 
 from monai_liver.errors import LiverError
 from monai_liver.experiment.parallel import (choose_slot, cpu_budget, device_slots, plan_slots, threads_per_run,
@@ -99,15 +100,7 @@ def test_ray_runs_per_device_is_a_gpu_share():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from monai_liver.data import datalist as dl
-    from monai_liver.data import phantoms
-
-    d = tmp_path_factory.mktemp("data")
-    manifest = phantoms.make_lesion_slices(d / "lesions", n_patients=6, n_slices=12, size=64, seed=0)
-    phantoms.make_lits_phantoms(d / "lits", n_volumes=2, shape=(64, 64, 16), seed=0)
-    lesions = dl.write_datalist(dl.datalist_from_manifest(manifest, n_folds=2, seed=0), d / "lesions.json")
-    lits = dl.write_datalist(dl.datalist_from_lits(d / "lits", n_folds=2, seed=0), d / "lits.json")
-    return {"lesions": lesions, "lits": lits}
+    return tiny_experiment_data(tmp_path_factory.mktemp("data"))
 
 
 SCALE = {"folds": 2, "epochs": 1, "lits_epochs": 1, "localiser_epochs": 1, "localiser_image_size": 32, "image_size": 32,
