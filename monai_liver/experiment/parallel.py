@@ -194,8 +194,8 @@ def run_parallel(specs: Sequence, tracker, progress, slots: Sequence[str | None]
     if not specs:
         return
     threads = threads or threads_per_run(cpu_budget(), len(slots))  # of all the slots: as many however many runs
-    slots = list(slots)[:len(specs)]  # no more workers than runs (the first slots: spread over the GPUs)
     progress.log(describe_slots(slots, threads))
+    slots = list(slots)[:len(specs)]  # no more workers than runs (the first slots: spread over the GPUs)
     logs = Path(specs[0].out) / "workers"
     waiting, planned, finished = list(specs), {s.name for s in specs}, set()
     running: dict[int, object] = {}  # slot -> its RunSpec
