@@ -25,3 +25,17 @@ def tiny_lesion_datalist(folder: Path) -> Path:
 
     manifest = make_lesion_slices(folder / "data", n_patients=6, n_slices=12, size=64, seed=0)
     return Path(write_datalist(datalist_from_manifest(manifest, n_folds=2, seed=0), folder / "datalist.json"))
+
+
+def tiny_experiment_data(folder: Path) -> dict[str, Path]:
+    """The data of the tiny experiments (``monai-liver experiment`` at 32 px): lesion-type phantoms (6
+    patients, 12 slices of 64 x 64 px) and 2 LiTS-like volumes (64 x 64 x 16), each with a 2-fold
+    datalist; ``{"lesions": datalist, "lits": datalist}``."""
+    from monai_liver.data import datalist as dl
+    from monai_liver.data import phantoms
+
+    manifest = phantoms.make_lesion_slices(folder / "lesions", n_patients=6, n_slices=12, size=64, seed=0)
+    phantoms.make_lits_phantoms(folder / "lits", n_volumes=2, shape=(64, 64, 16), seed=0)
+    lesions = dl.write_datalist(dl.datalist_from_manifest(manifest, n_folds=2, seed=0), folder / "lesions.json")
+    lits = dl.write_datalist(dl.datalist_from_lits(folder / "lits", n_folds=2, seed=0), folder / "lits.json")
+    return {"lesions": Path(lesions), "lits": Path(lits)}

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import tiny_experiment_data
 
 STRATEGY_1 = ["joint"]  #: the first ray invocation
 STRATEGY_2 = ["joint", "cls_baseline"]  #: the second adds a strategy (and the local reference has both)
@@ -35,15 +36,7 @@ STRATEGY_2 = ["joint", "cls_baseline"]  #: the second adds a strategy (and the l
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from monai_liver.data import datalist as dl
-    from monai_liver.data import phantoms
-
-    d = tmp_path_factory.mktemp("data")
-    manifest = phantoms.make_lesion_slices(d / "lesions", n_patients=6, n_slices=12, size=64, seed=0)
-    phantoms.make_lits_phantoms(d / "lits", n_volumes=2, shape=(64, 64, 16), seed=0)
-    lesions = dl.write_datalist(dl.datalist_from_manifest(manifest, n_folds=2, seed=0), d / "lesions.json")
-    lits = dl.write_datalist(dl.datalist_from_lits(d / "lits", n_folds=2, seed=0), d / "lits.json")
-    return {"lesions": lesions, "lits": lits, "dir": d}
+    return tiny_experiment_data(tmp_path_factory.mktemp("data"))
 
 
 def _cmd(out: Path, data: dict, strategies: list[str], *extra: str) -> list[str]:

@@ -42,8 +42,9 @@ def test_cli_flags_are_the_settings_fields():
     assert settings_from_args(_parse()) == QUICK
     assert settings_from_args(_parse("--full", "--epochs", "3", "--no-tracking")) == FULL.but(epochs=3, tracking=False)
     s = settings_from_args(_parse("--strategies", "joint", "joint", "--image-size", "96", "--no-download",
-                                  "--executor", "ray", "--ray-cpus", "2"))
-    assert (s.strategies, s.image_size, s.download, s.executor, s.ray_cpus) == (["joint", "joint"], 96, False, "ray", 2.0)
+                                  "--executor", "ray", "--ray-cpus", "2", "--runs-per-device", "3"))
+    assert (s.strategies, s.image_size, s.download, s.executor, s.ray_cpus, s.runs_per_device) == \
+        (["joint", "joint"], 96, False, "ray", 2.0, 3)
     assert s.check().strategies == ("joint",)  # unique, in order
     from monai_liver.cli import build_parser
 
@@ -62,6 +63,7 @@ def test_cli_flags_are_the_settings_fields():
     ({"localiser_image_size": 16}, "--localiser-image-size 16: must be a multiple of 32"),
     ({"backbone": "nope"}, "backbone 'nope' is not available"),
     ({"isolation": "thread"}, "isolation 'thread' is not known"),
+    ({"runs_per_device": 0}, "--runs-per-device must be at least 1"),
     ({"strategies": ("joint", "nope")}, "strategy 'nope' is not known"),
     ({"inits": ("imagenet", "nope")}, "init 'nope' is not known"),
     ({"manifest": "a.csv", "datalist": "b.json"}, "give --manifest or --datalist, not both"),

@@ -56,8 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'python -m monai.bundle run' subprocesses (--full default)")
     r = parser.add_argument_group("where the runs execute")
     r.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local: one run after another in this process (default); ray: each run a Ray task on a cluster "
+                   help="local: one run after another in this process (default; see --runs-per-device); ray: each run a Ray task on a cluster "
                         "(pip install -e '.[cluster]'; --out on a filesystem every node mounts)")
+    r.add_argument("--runs-per-device", type=int, default=1, metavar="K",
+                   help="runs at a time on each visible GPU (one worker process per run slot, CUDA_VISIBLE_DEVICES set "
+                        "to its GPU; several GPUs: one run each even with K=1); without a GPU, K runs on the CPU with "
+                        "the threads split between them; with --executor ray, each run takes 1/K of a GPU (default 1)")
     r.add_argument("--ray-address", default="auto",
                    help="Ray cluster: auto (the cluster this machine belongs to, else a new local one; default), "
                         "local (always a new local one), or an address such as 10.0.0.1:6379")

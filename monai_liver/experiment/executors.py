@@ -4,8 +4,10 @@ Both executors call :func:`~monai_liver.experiment.runs.execute_run`, the one co
 (train, evaluate, atomic ``DONE``); the driver (:func:`~monai_liver.experiment.runner.run_experiment`)
 prepares the data before and builds the table and report after, the same for both.
 
-- :class:`LocalExecutor`: one run after another in this process (the default).
-- :class:`RayExecutor`: each run is one Ray task (``num_gpus=1`` on a cluster with GPUs, else
+- :class:`LocalExecutor`: one run after another in this process (the default); with
+  ``--runs-per-device K`` (or several GPUs) K runs at a time on each visible GPU, or K on the CPU,
+  each slot a worker process of its own (:mod:`~monai_liver.experiment.parallel`).
+- :class:`RayExecutor`: each run is one Ray task (``num_gpus=1/K`` on a cluster with GPUs, else
   ``--ray-cpus`` CPUs), the LiTS pretraining and the liver localiser too; the runs that start from
   the LiTS model wait for its task (a Ray dependency). At start the driver checks that every node
   sees ``--out`` (a marker file read by a task on each node) and that MLflow is a server when there
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from monai_liver.atomic import write_text
 from monai_liver.errors import LiverError
+from monai_liver.experiment.parallel import device_slots
 
 __all__ = ["LocalExecutor", "Progress", "RayExecutor", "make_executor", "RAY_INSTALL"]
 
@@ -69,9 +72,15 @@ def _duration(seconds: float) -> str:
 
 
 class LocalExecutor:
-    """One run after another, in this process (``--isolation subprocess``: in its bundle subprocess)."""
+    """One run after another, in this process (``--isolation subprocess``: in its bundle subprocess);
+    with more than one slot (``runs_per_device`` > 1, or several GPUs unless ``device`` is ``"cpu"``)
+    that many at a time, each slot a worker process (:func:`~monai_liver.experiment.parallel.run_parallel`)."""
 
     remote = False  #: runs see this machine's files
+
+    def __init__(self, runs_per_device: int = 1, device: str | None = None):
+        device_slots((), runs_per_device)  # LiverError for K < 1, before anything is written
+        self.runs_per_device, self.device = int(runs_per_device), device
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -83,8 +92,13 @@ class LocalExecutor:
         """Nothing to check on one machine."""
 
     def run(self, specs: Sequence, tracker, progress: Progress) -> None:
+        from monai_liver.experiment.parallel import plan_slots, run_parallel
         from monai_liver.experiment.runs import execute_run
 
+        slots = plan_slots(self.device, self.runs_per_device) if specs else []
+        if len(slots) > 1:
+            run_parallel(specs, tracker, progress, slots)
+            return
         node = socket.gethostname()
         for n, spec in enumerate(specs, 1):
             progress.log(f"== [{n}/{len(specs)}] {spec.name}")
@@ -136,12 +150,14 @@ class RayExecutor:
     remote = True  #: runs may execute on other machines
 
     def __init__(self, address: str = "auto", cpus: float = 1.0, max_retries: int = 3, device: str | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, runs_per_device: int = 1):
         self.ray = _import_ray()
         if cpus <= 0:
             raise LiverError(f"--ray-cpus must be more than 0 (got {cpus})")
         if max_retries < 0:
             raise LiverError(f"--ray-max-retries must be 0 or more (got {max_retries})")
+        #: each run's share of a GPU: K runs per GPU, Ray places them and sets CUDA_VISIBLE_DEVICES
+        self.gpu_share = 1.0 / len(device_slots(("gpu",), runs_per_device))  # LiverError for K < 1
         self.address, self.cpus, self.max_retries, self.device, self.log = address or "auto", cpus, max_retries, device, log
         self.nodes: list[dict] = []
 
@@ -181,7 +197,7 @@ class RayExecutor:
             ray.shutdown()
             raise LiverError("--device cuda: the Ray cluster has no GPU (use --device cpu, or add GPU nodes)")
         self.use_gpu = self.gpus > 0 and self.device != "cpu"
-        per_run = f"1 GPU + {self.cpus:g} CPU" if self.use_gpu else f"{self.cpus:g} CPU"
+        per_run = f"{self.gpu_share:.4g} GPU + {self.cpus:g} CPU" if self.use_gpu else f"{self.cpus:g} CPU"
         self.log(f"   Ray {ray.__version__}: {how} ({len(self.nodes)} node(s), {res.get('CPU', 0):g} CPUs, "
                  f"{self.gpus:g} GPUs); {per_run} per run, {self.max_retries} retries")
         return self
@@ -238,9 +254,9 @@ class RayExecutor:
         """Submit every run as a task (the LiTS-initialised ones after the LiTS pretraining), report them
         as they finish; on the first failure, or Ctrl-C / SIGTERM, cancel the others and stop."""
         ray = self.ray
-        resources = {"num_cpus": self.cpus, "num_gpus": 1 if self.use_gpu else 0}
+        resources = {"num_cpus": self.cpus, "num_gpus": self.gpu_share if self.use_gpu else 0}
         # a GPU task gets a fresh worker process (max_calls=1): a reused one keeps the CUDA device it started on
-        task = ray.remote(num_gpus=1, max_calls=1)(_ray_run) if self.use_gpu else ray.remote(_ray_run)
+        task = ray.remote(num_gpus=self.gpu_share, max_calls=1)(_ray_run) if self.use_gpu else ray.remote(_ray_run)
         pending: dict = {}
         by_name: dict = {}
         # Ctrl-C / SIGTERM are noted here and acted on between waits: an exception raised by a handler inside
@@ -303,10 +319,12 @@ class RayExecutor:
 
 
 def make_executor(name: str, *, address: str = "auto", cpus: float = 1.0, max_retries: int = 3,
-                  device: str | None = None, log: Callable[[str], None] = print):
-    """The executor called ``name`` (``"local"`` or ``"ray"``); LiverError for others or without Ray."""
+                  device: str | None = None, log: Callable[[str], None] = print, runs_per_device: int = 1):
+    """The executor called ``name`` (``"local"`` or ``"ray"``); LiverError for others or without Ray.
+    ``runs_per_device``: runs at a time on each GPU (local: also on the CPU; Ray: ``num_gpus=1/K``)."""
     if name == "local":
-        return LocalExecutor()
+        return LocalExecutor(runs_per_device, device)
     if name == "ray":
-        return RayExecutor(address, cpus=cpus, max_retries=max_retries, device=device, log=log)
+        return RayExecutor(address, cpus=cpus, max_retries=max_retries, device=device, log=log,
+                           runs_per_device=runs_per_device)
     raise LiverError(f"executor '{name}' is not known; choose local or ray")

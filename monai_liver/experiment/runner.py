@@ -94,7 +94,7 @@ def run_settings(out: str | Path, settings: ExperimentSettings, log: Callable[[s
 
     s = settings.check()
     executor = make_executor(s.executor, address=s.ray_address, cpus=s.ray_cpus, max_retries=s.ray_max_retries,
-                             device=s.device, log=log)  # before anything is written: Ray missing is one line
+                             device=s.device, log=log, runs_per_device=s.runs_per_device)  # before anything is written: Ray missing is one line
     bundles = bundles_dir()
     for name in [*s.strategies, PRETRAIN_STRATEGY]:
         if not (bundles / name / "configs" / "train.json").is_file():

@@ -68,6 +68,7 @@ class ExperimentSettings:
     ray_address: str = "auto"
     ray_cpus: float = 1.0
     ray_max_retries: int = 3
+    runs_per_device: int = 1  #: runs at a time on each GPU (local: K on the CPU without one; Ray: num_gpus=1/K)
 
     def but(self, **given: Any) -> ExperimentSettings:
         """A copy with the ``given`` fields that are not ``None``; TypeError for an unknown field."""
@@ -91,6 +92,8 @@ class ExperimentSettings:
                 raise LiverError(f"{p}: file or folder not found")
         if self.isolation not in ("inprocess", "subprocess"):
             raise LiverError(f"isolation '{self.isolation}' is not known; choose inprocess or subprocess")
+        if int(self.runs_per_device) < 1:
+            raise LiverError(f"--runs-per-device must be at least 1 (got {self.runs_per_device})")
         if int(self.folds) < 2:
             raise LiverError(f"--folds must be at least 2 (got {self.folds})")
         for k in ("epochs", "lits_epochs", "localiser_epochs", "image_size", "batch_size"):
