@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+
+import contextlib
+
 import os
 from pathlib import Path
 
@@ -39,3 +43,17 @@ def tiny_experiment_data(folder: Path) -> dict[str, Path]:
     lesions = dl.write_datalist(dl.datalist_from_manifest(manifest, n_folds=2, seed=0), folder / "lesions.json")
     lits = dl.write_datalist(dl.datalist_from_lits(folder / "lits", n_folds=2, seed=0), folder / "lits.json")
     return {"lesions": Path(lesions), "lits": Path(lits)}
+
+
+@contextlib.contextmanager
+def console_process(cmd, log: Path, env: dict, mode: str = "w"):
+    """``cmd`` started with its stdout and stderr written to ``log``; killed on leaving the block if it
+    still runs (a failing assertion never leaves an experiment behind). Yields the ``Popen``."""
+    with open(log, mode) as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from monai_liver.constants import STRATEGIES
+from conftest import console_process
 
 pytestmark = pytest.mark.slow
 
@@ -57,20 +58,14 @@ def _done(out: Path) -> dict[Path, float]:
 
 
 def _start_and_kill(cmd, env, out: Path, sig: int, n_done: int, log: Path, timeout: float = 600) -> None:
-    with open(log, "a") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    with console_process(cmd, log, env, mode="a") as proc:
         deadline = time.monotonic() + timeout
-        try:
-            while len(_done(out)) < n_done:
-                assert proc.poll() is None, f"experiment ended before it was killed:\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, "no progress"
-                time.sleep(0.2)
-            proc.send_signal(sig)
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        while len(_done(out)) < n_done:
+            assert proc.poll() is None, f"experiment ended before it was killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.2)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
     assert proc.returncode != 0  # it was stopped, not finished
 
 

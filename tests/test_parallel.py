@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import tiny_experiment_data
+from conftest import console_process, tiny_experiment_data
 
 from monai_liver.errors import LiverError
 from monai_liver.experiment.parallel import (choose_slot, cpu_budget, device_slots, plan_slots, threads_per_run,
@@ -217,21 +217,15 @@ def test_ctrl_c_stops_the_workers_and_resumes(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "TORCH_HOME": str(tmp_path / "torch_home")}
     out, log = tmp_path / "exp", tmp_path / "console.txt"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(_cmd(out, data), stdout=f, stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.monotonic() + 300
-            while not ((out / "runs.log").is_file() and any(e[2] == "start" and e[3][0] == "joint" for e in _events(out))):
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "no joint run started"
-                time.sleep(0.1)
-            time.sleep(1.0)  # into the bundle run
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with console_process(_cmd(out, data), log, env) as proc:
+        deadline = time.monotonic() + 300
+        while not ((out / "runs.log").is_file() and any(e[2] == "start" and e[3][0] == "joint" for e in _events(out))):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no joint run started"
+            time.sleep(0.1)
+        time.sleep(1.0)  # into the bundle run
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
     text = log.read_text()
     assert proc.returncode == 130, text[-3000:]
     assert "stopping" in text and "Traceback" not in text

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_experiment_data
+from conftest import console_process, tiny_experiment_data
 
 STRATEGY_1 = ["joint"]  #: the first ray invocation
 STRATEGY_2 = ["joint", "cls_baseline"]  #: the second adds a strategy (and the local reference has both)
@@ -210,17 +210,11 @@ def test_grid_on_two_nodes_with_a_node_lost(cluster, data, tmp_path):
     # Ray on two nodes; the second is killed while one of the runs executes on it
     out = tmp_path / "ray"
     log = tmp_path / "console.txt"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(_cmd(out, data, STRATEGY_1, "--no-tracking", "--executor", "ray", "--ray-address", c.address),
-                                stdout=f, stderr=subprocess.STDOUT, env=env)
-        try:
-            killed = _kill_on_start(proc, out, c, worker, log, started)
-            killed_at = time.time_ns()
-            proc.wait(timeout=900)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with console_process(_cmd(out, data, STRATEGY_1, "--no-tracking", "--executor", "ray", "--ray-address", c.address),
+                         log, env) as proc:
+        killed = _kill_on_start(proc, out, c, worker, log, started)
+        killed_at = time.time_ns()
+        proc.wait(timeout=900)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert "shared storage: every node (2) sees" in text
@@ -244,16 +238,10 @@ def test_grid_on_two_nodes_with_a_node_lost(cluster, data, tmp_path):
     # a second invocation (one node left: SQLite tracking allowed) adds a strategy; Ctrl-C once one of its
     # runs is running: the driver cancels the outstanding tasks and waits for them (no task goes on in a run folder)
     cmd2 = _cmd(out, data, STRATEGY_2, "--executor", "ray", "--ray-address", c.address)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd2, stdout=f, stderr=subprocess.STDOUT, env=env)
-        try:
-            running = _wait_for_start(proc, out, "cls_baseline", log)
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with console_process(cmd2, log, env) as proc:
+        running = _wait_for_start(proc, out, "cls_baseline", log)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
     text = log.read_text()
     assert proc.returncode == 130, text[-3000:]
     assert "cancelling" in text and "Traceback" not in text
