@@ -127,7 +127,7 @@ class _Worker:
     """One slot's worker process and the two pipes to it (jobs in, results out)."""
 
     def __init__(self, index: int, gpu: str | None, threads: int, log: Path):
-        from monai_liver.experiment.bundle_run import _die_with_parent
+        from monai_liver.experiment.bundle_run import die_with_parent
 
         self.index, self.gpu, self.log = index, gpu, log
         self.node = socket.gethostname() + (f"/gpu{gpu}" if gpu is not None else "")
@@ -148,7 +148,7 @@ class _Worker:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "monai_liver.experiment.parallel", str(jobs_r), str(results_w)],
                     stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
-                    pass_fds=(jobs_r, results_w), preexec_fn=_die_with_parent)
+                    pass_fds=(jobs_r, results_w), preexec_fn=die_with_parent)
         except BaseException:
             for fd in (jobs_w, results_r):
                 os.close(fd)
