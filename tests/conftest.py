@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import contextlib
-
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,3 +55,15 @@ def console_process(cmd, log: Path, env: dict, mode: str = "w"):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+#: results.csv columns that are measured times: two runs of the same settings differ there only
+TIME_COLUMNS = ("train_s",)
+
+
+def results_without_times(path: Path):
+    """``results.csv`` as a DataFrame without :data:`TIME_COLUMNS`, for comparing two runs' tables."""
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    return table.drop(columns=[c for c in TIME_COLUMNS if c in table.columns])
