@@ -28,10 +28,8 @@ GENERATED: tuple[str, ...] = ("train.json", "evaluate.json", "inference.json", "
 
 #: per bundle and file, the top-level values that differ from the template
 BUNDLE_VALUES: dict[str, dict[str, dict]] = {
-    # intensity augmentation stays on for the LiTS pretraining and the localiser: they segment liver and
-    # lesion across volumes of differing contrast and classify no type (off: held-out liver Dice 0.90 vs 0.93)
     "lits_pretrain": {"train.json": {"datalist": "$@bundle_root + '/../../data_lists/phantom_lits.json'",
-                                     "epochs": 50, "lesion_oversample": 3, "augment_intensity": 0.1}},
+                                     "epochs": 50, "lesion_oversample": 3}},
     "cls_baseline": {"inference.json": {
         # one class per slice: softmax + argmax, written to predictions.csv (no mask to invert or save)
         "postprocessing": {"_target_": "Compose", "transforms": [
