@@ -43,7 +43,7 @@ from monai_liver.engine.metrics import (
     recall_score,
 )
 
-__all__ = ["EvalWriter", "summarise", "per_slice_columns"]
+__all__ = ["EvalWriter", "nan_to_none", "summarise", "per_slice_columns"]
 
 logger = logging.getLogger("monai_liver.engine")
 
@@ -66,13 +66,14 @@ def per_slice_columns(class_names: Sequence[str]) -> list[str]:
     ]
 
 
-def _nan_to_none(x: Any) -> Any:
+def nan_to_none(x: Any) -> Any:
+    """NaN / inf -> None in a nest of dicts and lists (JSON has no NaN)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
+        return {k: nan_to_none(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
+        return [nan_to_none(v) for v in x]
     return x
 
 
@@ -230,7 +231,7 @@ class EvalWriter:
         pred = np.concatenate(self.pred) if self.pred else empty
         np.savez_compressed(self.out_dir / "examples.npz", image=image, gt_lesion=gt, pred_lesion=pred)
         metrics = summarise(self.rows, self.class_names, self.strategy, pred_lesion=pred, gt_lesion=gt)
-        (self.out_dir / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2) + "\n")
+        (self.out_dir / "metrics.json").write_text(json.dumps(nan_to_none(metrics), indent=2) + "\n")
         shown = {k: metrics[k] for k in ("acc", "bacc", "dice", "recall", "detection_recall") if not math.isnan(metrics[k])}
         logger.info(f"evaluation of {metrics['n_slices']} slices written to {self.out_dir}: {shown}")
         return metrics

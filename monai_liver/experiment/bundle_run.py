@@ -21,12 +21,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from monai_liver.errors import LiverError
 
-__all__ = ["config_ids", "die_with_parent", "run_bundle", "stop_on_signals"]
+__all__ = ["config_ids", "die_with_parent", "failure_line", "run_bundle", "stop_on_signals"]
 
 
 def config_ids(config: Path) -> set[str]:
@@ -61,19 +61,24 @@ def run_bundle(bundle: Path, configs: Sequence[str], overrides: dict, log: Path,
         finally:
             _Child.proc = None
     if rc != 0:
-        raise LiverError(f"{log}: bundle {bundle.name} failed (exit {rc}): {_last_line(log)[:300]}")
+        raise LiverError(f"{log}: bundle {bundle.name} failed (exit {rc}): {failure_line(log, _is_bundle_error)[:300]}")
 
 
-def _last_line(log: Path) -> str:
-    """The line of ``log`` that says why a bundle failed: its last error line, else its last line."""
+def failure_line(log: Path, is_reason: Callable[[str], bool]) -> str:
+    """The line of ``log`` that says why a command failed: its last non-empty line for which
+    ``is_reason`` holds, else its last non-empty line ("" when the log cannot be read)."""
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
     for ln in reversed(lines):
-        if ln.startswith("error:") or "LiverError" in ln:
+        if is_reason(ln):
             return ln
     return lines[-1] if lines else ""
+
+
+def _is_bundle_error(line: str) -> bool:
+    return line.startswith("error:") or "LiverError" in line
 
 
 def _loggers() -> list[logging.Logger]:

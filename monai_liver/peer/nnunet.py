@@ -132,15 +132,9 @@ def nnunet_env(peer_dir: Path, processes: int | None = None, da_processes: int |
     return env
 
 
-def _last_error(log: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    for ln in reversed(lines):
-        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln):
-            return ln
-    return lines[-1] if lines else ""
+def _is_python_error(line: str) -> bool:
+    """A traceback's last line (``ValueError: ...``, ``torch.OutOfMemoryError: ...``)."""
+    return re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line) is not None
 
 
 def _children_cpu() -> float:
@@ -154,7 +148,7 @@ def run_nnunet(command: str, args: Sequence[str], env: dict, log: Path) -> tuple
     """Run one of nnU-Net's commands (``_ENTRY``) with ``args`` in ``env``, output appended to ``log``;
     returns its (wall seconds, CPU seconds of it and its worker processes: on a shared machine the
     less disturbed figure). LiverError naming the log when it fails."""
-    from monai_liver.experiment.bundle_run import die_with_parent
+    from monai_liver.experiment.bundle_run import die_with_parent, failure_line
 
     module, function = _ENTRY[command]
     code = f"import sys; sys.argv[0] = {command!r}; from {module} import {function} as f; sys.exit(f())"
@@ -175,7 +169,7 @@ def run_nnunet(command: str, args: Sequence[str], env: dict, log: Path) -> tuple
                 proc.kill()
             raise
     if rc != 0:
-        raise LiverError(f"{log}: {command} failed (exit {rc}): {_last_error(log)[:300]}")
+        raise LiverError(f"{log}: {command} failed (exit {rc}): {failure_line(log, _is_python_error)[:300]}")
     return time.perf_counter() - t0, _children_cpu() - c0
 
 

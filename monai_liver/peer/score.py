@@ -27,17 +27,6 @@ from monai_liver.errors import LiverError
 __all__ = ["read_label_map", "score_predictions"]
 
 
-def _finite(x):
-    """NaN / inf -> None, recursively (JSON has no NaN)."""
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
-
-
 def read_label_map(path: str | Path, what: str = "prediction") -> np.ndarray:
     """A 2D map stored as NIfTI (H, W) or (H, W, 1) -> (H, W) array; LiverError when missing or not 2D."""
     import nibabel as nib
@@ -72,7 +61,7 @@ def score_predictions(
     LiverError when a prediction is missing or its shape differs from the reference."""
     import pandas as pd
 
-    from monai_liver.engine.evaluate import per_slice_columns, summarise
+    from monai_liver.engine.evaluate import nan_to_none, per_slice_columns, summarise
     from monai_liver.engine.metrics import dice_score, lesion_detection, recall_score
 
     images_dir, labels_dir, pred_dir, out_dir = Path(images_dir), Path(labels_dir), Path(pred_dir), Path(out_dir)
@@ -106,5 +95,5 @@ def score_predictions(
     buf = io.BytesIO()
     np.savez_compressed(buf, image=stack(images), gt_lesion=stack(gts), pred_lesion=stack(preds))
     write_bytes(out_dir / "examples.npz", buf.getvalue())
-    write_text(out_dir / "metrics.json", json.dumps(_finite(metrics), indent=2) + "\n")
+    write_text(out_dir / "metrics.json", json.dumps(nan_to_none(metrics), indent=2) + "\n")
     return metrics
