@@ -25,6 +25,8 @@ A **model package** is a folder that ``monai-liver infer --model DIR`` takes who
     DIR/model.json        the same settings and where the model came from, readable
     DIR/liver_model.pt    optional: the stage-1 liver localiser (a lits_pretrain checkpoint,
                           trained on whole LiTS slices), see monai_liver.inference.predictor
+    DIR/lesion_model.pt   optional: the lesion gate of 3D volumes (the lits_pretrain checkpoint,
+                          trained on LiTS liver crops), see monai_liver.inference.predictor
 
 The experiment writes one per strategy and initialisation (:func:`write_package`).
 """
@@ -42,11 +44,13 @@ from monai_liver.constants import DEFAULT_CLASSES, HU_WINDOW, PRETRAIN_STRATEGY,
 from monai_liver.errors import LiverError
 
 __all__ = [
+    "LESION_GATE_FILE",
     "LOCALISER_FILE",
     "MODEL_FILE",
     "SETTINGS_FILE",
     "check_flags",
     "is_torchscript",
+    "lesion_gate_file",
     "model_settings",
     "package_files",
     "read_settings",
@@ -57,6 +61,7 @@ __all__ = [
 MODEL_FILE = "model.pt"
 SETTINGS_FILE = "model.json"
 LOCALISER_FILE = "liver_model.pt"
+LESION_GATE_FILE = "lesion_model.pt"
 
 
 def segmentation_channels(strategy: str, class_names: Sequence[str]) -> list[str]:
@@ -169,31 +174,38 @@ def package_files(path: str | os.PathLike) -> tuple[Path, Path | None]:
     return path, None
 
 
+def lesion_gate_file(path: str | os.PathLike) -> Path | None:
+    """The package's lesion gate (``lesion_model.pt``), or None (a single model file, or a package without one)."""
+    gate = Path(path) / LESION_GATE_FILE
+    return gate if Path(path).is_dir() and gate.is_file() else None
+
+
 def write_package(
     out_dir: str | os.PathLike,
     model: str | os.PathLike,
     localiser: str | os.PathLike | None = None,
     provenance: Mapping[str, Any] | None = None,
+    lesion_gate: str | os.PathLike | None = None,
 ) -> Path:
-    """Write a model package (module doc) to ``out_dir``: copies of ``model`` (and ``localiser``),
-    and ``model.json`` with the model's settings, the localiser's and ``provenance`` (e.g. the fold
-    chosen and why). Files are written under temporary names and renamed, so a reader never sees a
-    half-written package. Returns ``out_dir``."""
+    """Write a model package (module doc) to ``out_dir``: copies of ``model`` (and ``localiser``,
+    ``lesion_gate``: lits_pretrain checkpoints), and ``model.json`` with the model's settings, theirs
+    and ``provenance`` (e.g. the fold chosen and why). Files are written under temporary names and
+    renamed, so a reader never sees a half-written package. Returns ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = Path(model)
     info: dict[str, Any] = {"settings": read_settings(model), "provenance": dict(provenance or {})}
     pairs = [(model, out / MODEL_FILE)]
-    if localiser is not None:
-        localiser = Path(localiser)
-        loc_settings = read_settings(localiser)
-        if loc_settings.get("strategy") not in (None, PRETRAIN_STRATEGY):
-            raise LiverError(f"{localiser}: a liver localiser must be a {PRETRAIN_STRATEGY} model, "
-                             f"not {loc_settings.get('strategy')}")
-        info["localiser"] = loc_settings
-        pairs.append((localiser, out / LOCALISER_FILE))
-    elif (out / LOCALISER_FILE).exists():
-        (out / LOCALISER_FILE).unlink()
+    for key, what, src, name in (("localiser", "liver localiser", localiser, LOCALISER_FILE),
+                                 ("lesion_gate", "lesion gate", lesion_gate, LESION_GATE_FILE)):
+        if src is None:
+            (out / name).unlink(missing_ok=True)
+            continue
+        settings = read_settings(Path(src))
+        if settings.get("strategy") not in (None, PRETRAIN_STRATEGY):
+            raise LiverError(f"{src}: a {what} must be a {PRETRAIN_STRATEGY} model, not {settings.get('strategy')}")
+        info[key] = settings
+        pairs.append((Path(src), out / name))
     from monai_liver.atomic import copy_file, write_text
 
     for src, dst in pairs:

@@ -137,3 +137,60 @@ def test_export_of_a_package_keeps_its_settings(package, tmp_path):
     ts = export(bundles_dir() / "joint", package, tmp_path / "model.ts")
     m = load_model(ts, device="cpu")
     assert m.torchscript and m.image_size == 32 and m.settings["backbone"] == "basicunet"
+
+
+class _DarkLesions(torch.nn.Module):
+    """A stand-in network: lesion (channel 2; the first type channel for joint) where the input is
+    below ``threshold``, liver elsewhere: ``(B, 1, S, S) -> {"seg": (B, C, S, S), "cls": None}``."""
+
+    def __init__(self, channels: int, threshold: float) -> None:
+        super().__init__()
+        self.channels, self.threshold = channels, threshold
+
+    def forward(self, x):
+        seg = torch.zeros(x.shape[0], self.channels, *x.shape[2:])
+        seg[:, 1] = 5.0
+        seg[:, 2] = torch.where(x[:, 0] < self.threshold, 10.0, -10.0)
+        return {"seg": seg, "cls": None}
+
+
+def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
+    """Step 4 of the predictor: of two dark blobs that the joint model calls lesions, only the one the
+    gate also finds stays (typed by the joint model); without the gate both stay; a 2D image is not gated."""
+    from monai_liver.inference.model import LoadedModel
+    from monai_liver.inference.predictor import Predictor
+
+    hu = np.full((48, 48, 6), 100.0, np.float32)  # liver at 100 HU
+    hu[8:16, 8:16, 1:5] = -80.0  # darker: the gate (window -100..400: below 0.1) and the joint model see it
+    hu[30:38, 30:38, 1:5] = 30.0  # only the joint model (below 0.3) calls it a lesion
+    liver = np.ones(hu.shape, bool)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    common = dict(image_size=32, window=(-100.0, 400.0), roi_margin=4)
+    joint = LoadedModel(_DarkLesions(5, 0.3).eval(), "joint", ("cyst", "hemangioma", "metastasis"), **common)
+    gate = LoadedModel(_DarkLesions(3, 0.1).eval(), "lits_pretrain", ("cyst", "hemangioma", "metastasis"), **common)
+
+    plain = Predictor(joint)(hu, affine, liver)
+    gated = Predictor(joint, lesion_gate=gate)(hu, affine, liver)
+    assert plain.lesion[10, 10, 2] and plain.lesion[33, 33, 2]
+    assert gated.lesion[10, 10, 2] and not gated.lesion[33, 33, 2]
+    assert gated.liver[33, 33, 2] and gated.label[10, 10, 2] == 2  # type 0 (cyst) of the joint model
+    flat = Predictor(joint, lesion_gate=gate)(hu[:, :, 2:3], affine, liver[:, :, 2:3])
+    assert flat.lesion[33, 33, 0]
+
+
+def test_experiment_packages_carry_the_lesion_gate(package, tmp_path):
+    """``write_package(lesion_gate=)`` copies it; ``infer`` refuses a gate that is not a crop-trained lits_pretrain model."""
+    from monai_liver.model_package import LESION_GATE_FILE, lesion_gate_file
+
+    gate = _constant_model(tmp_path / "gate.pt", "lits_pretrain", 1, 32)
+    out = write_package(tmp_path / "pkg", package / "model.pt", lesion_gate=gate)
+    assert lesion_gate_file(out) == out / LESION_GATE_FILE
+    assert "lesion_gate" in json.loads((out / "model.json").read_text())
+    assert inf.load_models(out).lesion_gate is not None
+    assert inf.load_models(out, lesion_gate=False).lesion_gate is None
+    whole = _constant_model(tmp_path / "whole.pt", "lits_pretrain", 1, 32, roi_margin=-1)
+    write_package(out, package / "model.pt", lesion_gate=whole)
+    with pytest.raises(LiverError, match="lesion gate must be a lits_pretrain model trained on liver crops"):
+        inf.load_models(out)
+    write_package(out, package / "model.pt")
+    assert lesion_gate_file(out) is None

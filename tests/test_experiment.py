@@ -104,6 +104,7 @@ def test_experiment_kill_resume(data, tmp_path):
     assert info["settings"]["strategy"] == "joint" and info["settings"]["image_size"] == 32
     assert info["provenance"]["fold"] in ("fold0", "fold1") and info["localiser"]["roi_margin"] == -1
     assert read_settings(out / "packages" / "joint-lits" / "liver_model.pt")["data"]["fold_held_out"] == 0
+    assert info["lesion_gate"]["strategy"] == "lits_pretrain" and info["lesion_gate"]["roi_margin"] >= 0
 
     # the table: 12 rows, 8 done on every held-out slice, ImageNet not run with the reason
     table = pd.read_csv(out / "results.csv")

@@ -3,7 +3,8 @@
 Each package (:mod:`monai_liver.model_package`) holds the model of the fold with the best held-out
 lesion Dice (``eval/metrics.json`` of the run; the folds' figures are listed in ``model.json``) and,
 when LiTS pretraining ran, the liver localiser (``pretrain/liver_localiser``: the lits_pretrain
-network trained on whole LiTS slices) as stage 1 of the cascade. The
+network trained on whole LiTS slices) as stage 1 of the cascade, and the LiTS pretraining itself
+(``pretrain/lits_pretrain``, liver crops) as the lesion gate of 3D volumes. The
 choice is the best fold rather than a model retrained on all folds: it costs no extra training and
 its held-out figures are measured; it is one fold's model, so a large gap between folds (in
 ``model.json``) says how much that choice matters. ``cls_baseline`` rows get no package (the model
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from monai_liver.constants import LOCALISER
+from monai_liver.constants import LOCALISER, PRETRAIN_STRATEGY
 from monai_liver.strategies import get as get_strategy
 from monai_liver.strategies import names
 
@@ -33,6 +34,7 @@ def write_packages(out: str | Path, log=print) -> list[Path]:
 
     out = Path(out)
     localiser = out / "pretrain" / LOCALISER / "model.pt"
+    gate = out / "pretrain" / PRETRAIN_STRATEGY / "model.pt"  # lesion gate of 3D volumes (inference.predictor)
     written = []
     for strategy_dir in sorted((out / "runs").glob("*")):
         if strategy_dir.name not in names() or not get_strategy(strategy_dir.name).segments:
@@ -53,7 +55,8 @@ def write_packages(out: str | Path, log=print) -> list[Path]:
                 "chosen_by": "best held-out lesion Dice of the folds (eval/metrics.json)",
                 "held_out_dice": {k: round(v, 4) for k, v in folds.items()},
                 "localiser": f"pretrain/{LOCALISER}/model.pt" if localiser.is_file() else None,
-            })
+                "lesion_gate": f"pretrain/{PRETRAIN_STRATEGY}/model.pt" if gate.is_file() else None,
+            }, lesion_gate=gate if gate.is_file() else None)
             written.append(target)
     if written:
         log(f"   model packages: {', '.join(p.name for p in written)} in {out / 'packages'}")
@@ -76,6 +79,7 @@ def check_held_out(out: str | Path, device: str | None = None, log=print) -> lis
     out = Path(out)
     package = next((p for p in (package_dir(out, "joint", "lits"), package_dir(out, "joint", "scratch")) if p.is_dir()), None)
     localiser = out / "pretrain" / LOCALISER / "model.pt"
+    gate = out / "pretrain" / PRETRAIN_STRATEGY / "model.pt"  # lesion gate of 3D volumes (inference.predictor)
     if package is None or not localiser.is_file():
         log("   end-to-end check: skipped (needs a joint package and the liver localiser)")
         return []

@@ -219,11 +219,13 @@ def load_models(
     image_size: int | None = None,
     min_liver_mm2: float = 100.0,
     min_lesion_mm3: float | None = None,
+    lesion_gate: bool = True,
 ) -> Predictor:
     """The cascade for ``model`` (package folder, checkpoint or TorchScript; see
     :func:`~monai_liver.inference.model.load_model`) with its liver localiser: ``localiser`` if
-    given, else the package's ``liver_model.pt``, else none (the model finds the liver itself)."""
-    from monai_liver.model_package import package_files
+    given, else the package's ``liver_model.pt``, else none (the model finds the liver itself); and
+    the package's lesion gate (``lesion_model.pt``) unless ``lesion_gate`` is False."""
+    from monai_liver.model_package import lesion_gate_file, package_files
 
     loaded = load_model(model, bundle, device, class_names, image_size)
     if localiser is None and model is not None:
@@ -233,9 +235,14 @@ def load_models(
         loc = load_model(localiser, None, loaded.device, segmenting=True)
         if loc.strategy != "lits_pretrain":
             raise LiverError(f"{localiser}: a liver localiser must be a lits_pretrain model, not {loc.strategy}")
+    gate_file = lesion_gate_file(model) if lesion_gate and model is not None else None
+    gate = load_model(gate_file, None, loaded.device, segmenting=True) if gate_file is not None else None
+    if gate is not None and (gate.strategy != "lits_pretrain" or gate.roi_margin < 0):
+        raise LiverError(f"{gate_file}: a lesion gate must be a lits_pretrain model trained on liver crops "
+                         f"(got {gate.strategy}, roi_margin {gate.roi_margin})")
     from monai_liver.inference.predictor import MIN_LESION_MM3
 
-    return Predictor(loaded, loc, min_liver_mm2=min_liver_mm2,
+    return Predictor(loaded, loc, gate, min_liver_mm2=min_liver_mm2,
                      min_lesion_mm3=MIN_LESION_MM3 if min_lesion_mm3 is None else min_lesion_mm3)
 
 
@@ -290,6 +297,7 @@ def infer(
     class_names: Sequence[str] | None = None,
     localiser: str | Path | None = None,
     min_lesion_mm3: float | None = None,
+    lesion_gate: bool = True,
 ) -> dict:
     """Run the pipeline of the module doc on ``input``; write the outputs to ``out``; return the
     content of ``result.json``. ``loaded`` reuses a :class:`Predictor` from :func:`load_models` (or a
@@ -306,7 +314,8 @@ def infer(
     if dicom_seg and not is_dicom(input):
         raise LiverError(f"{input}: --dicom-seg needs a DICOM input (a DICOM file or series folder)")
     if loaded is None:
-        predictor = load_models(model, bundle, localiser, device, class_names, image_size, min_liver_mm2, min_lesion_mm3)
+        predictor = load_models(model, bundle, localiser, device, class_names, image_size, min_liver_mm2, min_lesion_mm3,
+                                lesion_gate)
     elif isinstance(loaded, Predictor):
         predictor = loaded
     else:
@@ -364,6 +373,7 @@ def infer(
             "spacing_mm": [round(float(np.linalg.norm(affine[:3, i])), 4) for i in range(3)],
             "liver_roi": "given: " + str(liver) if liver else pred.liver_source,
             "localiser": predictor.localiser.model_path if predictor.localiser is not None else None,
+            "lesion_gate": predictor.lesion_gate.model_path if predictor.lesion_gate is not None and hu.shape[2] > 1 else None,
             "model_settings": loaded.settings,
             "slices_processed": len(pred.slices),
             "liver_volume_ml": round(float(pred.liver.sum()) * abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0, 3),
@@ -398,6 +408,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
     parser.add_argument("--min-liver-mm2", type=float, default=100.0, help="3D: skip slices with less liver (default 100 mm2)")
     parser.add_argument("--min-lesion-mm3", type=float, help="drop smaller lesions (default 20 mm3; 0 keeps all)")
+    parser.add_argument("--no-lesion-gate", action="store_true", help="3D: keep every lesion of the strategy model, "
+                        "without the package's lesion gate (lesion_model.pt)")
     parser.add_argument("--no-overlays", action="store_true", help="no PNG per lesion slice")
     parser.add_argument("--classes", nargs="+", help="lesion class names (only for a model that does not record them)")
     parser.add_argument("--image-size", type=int, help="network input size (only for a model that does not record it; contradicting the model is an error)")
@@ -408,7 +420,7 @@ def main(args: argparse.Namespace) -> int:
     res = infer(args.input, args.out, bundle=args.bundle, model=args.model, liver=args.liver, dicom_seg=args.dicom_seg,
                 device=args.device, min_liver_mm2=args.min_liver_mm2, overlays=not args.no_overlays,
                 image_size=args.image_size, class_names=args.classes, localiser=args.localiser,
-                min_lesion_mm3=args.min_lesion_mm3)
+                min_lesion_mm3=args.min_lesion_mm3, lesion_gate=not args.no_lesion_gate)
     print(f"{args.input}: {res['slices_processed']} slice(s) processed, {len(res['lesions'])} lesion(s)")
     for d in res["lesions"][:20]:
         cls = f" {d['class']} ({max(d['class_probabilities'].values()):.2f})" if "class" in d else ""

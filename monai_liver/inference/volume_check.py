@@ -62,6 +62,7 @@ def check_volume(predictor, volume: str | Path, segmentation: str | Path, out: s
         "volume": str(volume),
         "model": predictor.model.model_path,
         "localiser": predictor.localiser.model_path if predictor.localiser is not None else None,
+        "lesion_gate": result.get("lesion_gate"),
         "liver_dice": round(_dice(liver, ref >= 1), 4),
         "lesion_dice": round(_dice(lesion, ref >= 2), 4),
         "reference_lesions": int(n_ref),
