@@ -174,8 +174,13 @@ def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
     assert plain.lesion[10, 10, 2] and plain.lesion[33, 33, 2]
     assert gated.lesion[10, 10, 2] and not gated.lesion[33, 33, 2]
     assert gated.liver[33, 33, 2] and gated.label[10, 10, 2] == 2  # type 0 (cyst) of the joint model
+    assert gated.lesion_gate == gate.model_path and not plain.lesion_gate
     flat = Predictor(joint, lesion_gate=gate)(hu[:, :, 2:3], affine, liver[:, :, 2:3])
-    assert flat.lesion[33, 33, 0]
+    assert flat.lesion[33, 33, 0] and not flat.lesion_gate
+    # every stage-2 lesion inside a gate lesion: both stay (no component is lost to the background's place)
+    same = LoadedModel(_DarkLesions(3, 0.3).eval(), "lits_pretrain", ("cyst", "hemangioma", "metastasis"), **common)
+    both = Predictor(joint, lesion_gate=same)(hu, affine, liver)
+    assert both.lesion[10, 10, 2] and both.lesion[33, 33, 2]
 
 
 def test_experiment_packages_carry_the_lesion_gate(package, tmp_path):

@@ -373,7 +373,7 @@ def infer(
             "spacing_mm": [round(float(np.linalg.norm(affine[:3, i])), 4) for i in range(3)],
             "liver_roi": "given: " + str(liver) if liver else pred.liver_source,
             "localiser": predictor.localiser.model_path if predictor.localiser is not None else None,
-            "lesion_gate": predictor.lesion_gate.model_path if predictor.lesion_gate is not None and hu.shape[2] > 1 else None,
+            "lesion_gate": pred.lesion_gate or None,
             "model_settings": loaded.settings,
             "slices_processed": len(pred.slices),
             "liver_volume_ml": round(float(pred.liver.sum()) * abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0, 3),
