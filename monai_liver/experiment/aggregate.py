@@ -128,6 +128,11 @@ def read_peers(out_dir: str | Path) -> dict[str, dict]:
     return peers
 
 
+def _peer_init(peer: dict) -> str:
+    """A peer's init (``peer.json``: ``"init"``, default scratch)."""
+    return str(peer.get("init") or "scratch")
+
+
 def find_peer_runs(out_dir: str | Path, peers: dict[str, dict] | None = None) -> list[RunInfo]:
     """The ``peers/<name>/fold<k>`` folders, as runs of strategy ``<name>`` and the peer's init
     (``peer.json``: ``"init"``, default scratch)."""
@@ -136,7 +141,7 @@ def find_peer_runs(out_dir: str | Path, peers: dict[str, dict] | None = None) ->
     for name, peer in peers.items():
         for d in sorted((Path(out_dir) / "peers" / name).glob("fold*")):
             if d.is_dir() and d.name[4:].isdigit():
-                runs.append(RunInfo(name, str(peer.get("init") or "scratch"), int(d.name[4:]), d, _is_done(d)))
+                runs.append(RunInfo(name, _peer_init(peer), int(d.name[4:]), d, _is_done(d)))
     return sorted(runs, key=lambda r: (r.strategy, r.fold))
 
 
@@ -577,8 +582,8 @@ def aggregate(out_dir: str | Path, n_boot: int = N_BOOT, seed: int = SEED) -> di
             s = _train_seconds(r.path)
             if s is not None:
                 seconds.setdefault((r.strategy, r.init), []).append(s)
-    peer_rows = {(name, str(p.get("init") or "scratch")): str(p.get("title") or name) for name, p in peers.items()
-                 if (name, str(p.get("init") or "scratch")) in folds_done}
+    peer_rows = {(name, _peer_init(p)): str(p.get("title") or name) for name, p in peers.items()
+                 if (name, _peer_init(p)) in folds_done}
     results = summarise(per_slice, exp, not_run, folds_done, n_boot=n_boot, seed=seed,
                         inconsistent=check_runs(per_slice, runs), peers=peer_rows)
     ours = row_settings(exp)
