@@ -141,22 +141,25 @@ def test_export_of_a_package_keeps_its_settings(package, tmp_path):
 
 class _DarkLesions(torch.nn.Module):
     """A stand-in network: lesion (channel 2; the first type channel for joint) where the input is
-    below ``threshold``, liver elsewhere: ``(B, 1, S, S) -> {"seg": (B, C, S, S), "cls": None}``."""
+    below ``threshold``, liver elsewhere: ``(B, 1, S, S) -> {"seg": (B, C, S, S), "cls": None}``.
+    The lesion logit is ``lesion_logit`` against 5 for liver: 10 gives a lesion probability of 0.99,
+    5.4 one of 0.6."""
 
-    def __init__(self, channels: int, threshold: float) -> None:
+    def __init__(self, channels: int, threshold: float, lesion_logit: float = 10.0) -> None:
         super().__init__()
-        self.channels, self.threshold = channels, threshold
+        self.channels, self.threshold, self.lesion_logit = channels, threshold, lesion_logit
 
     def forward(self, x):
         seg = torch.zeros(x.shape[0], self.channels, *x.shape[2:])
         seg[:, 1] = 5.0
-        seg[:, 2] = torch.where(x[:, 0] < self.threshold, 10.0, -10.0)
+        seg[:, 2] = torch.where(x[:, 0] < self.threshold, self.lesion_logit, -10.0)
         return {"seg": seg, "cls": None}
 
 
 def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
-    """Step 4 of the predictor: of two dark blobs that the joint model calls lesions, only the one the
-    gate also finds stays (typed by the joint model); without the gate both stay; a 2D image is not gated."""
+    """Step 4 of the predictor: of two dark blobs that the joint model calls lesions (lesion probability
+    0.6), only the one the gate also finds stays (typed by the joint model); without the gate both stay;
+    both stay when the joint model is sure of them (0.99 >= ``sure_lesion``); a 2D image is not gated."""
     from monai_liver.inference.model import LoadedModel
     from monai_liver.inference.predictor import Predictor
 
@@ -166,7 +169,8 @@ def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
     liver = np.ones(hu.shape, bool)
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
     common = dict(image_size=32, window=(-100.0, 400.0), roi_margin=4)
-    joint = LoadedModel(_DarkLesions(5, 0.3).eval(), "joint", ("cyst", "hemangioma", "metastasis"), **common)
+    joint = LoadedModel(_DarkLesions(5, 0.3, lesion_logit=5.4).eval(), "joint", ("cyst", "hemangioma", "metastasis"), **common)
+    sure = LoadedModel(_DarkLesions(5, 0.3).eval(), "joint", ("cyst", "hemangioma", "metastasis"), **common)
     gate = LoadedModel(_DarkLesions(3, 0.1).eval(), "lits_pretrain", ("cyst", "hemangioma", "metastasis"), **common)
 
     plain = Predictor(joint)(hu, affine, liver)
@@ -175,6 +179,10 @@ def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
     assert gated.lesion[10, 10, 2] and not gated.lesion[33, 33, 2]
     assert gated.liver[33, 33, 2] and gated.label[10, 10, 2] == 2  # type 0 (cyst) of the joint model
     assert gated.lesion_gate == gate.model_path and not plain.lesion_gate
+    assert Predictor(sure, lesion_gate=gate).sure_lesion == 0.75
+    kept = Predictor(sure, lesion_gate=gate)(hu, affine, liver)
+    assert kept.lesion[10, 10, 2] and kept.lesion[33, 33, 2]
+    assert not Predictor(sure, lesion_gate=gate, sure_lesion=1.01)(hu, affine, liver).lesion[33, 33, 2]
     flat = Predictor(joint, lesion_gate=gate)(hu[:, :, 2:3], affine, liver[:, :, 2:3])
     assert flat.lesion[33, 33, 0] and not flat.lesion_gate
     # every stage-2 lesion inside a gate lesion: both stay (no component is lost to the background's place)
@@ -199,3 +207,41 @@ def test_experiment_packages_carry_the_lesion_gate(package, tmp_path):
         inf.load_models(out)
     write_package(out, package / "model.pt")
     assert lesion_gate_file(out) is None
+
+
+def test_typed_study_stacks_typed_slices_and_scores_the_types(package, tmp_path):
+    """``make_typed_study``: held-out typed slices as blocks of identical slices, one air slice
+    between blocks (no lesion of two blocks is one 3D component), types interleaved and known per
+    voxel; ``check_volume`` with the liver given scores the per-lesion types of ``infer`` on it (the
+    stand-in joint model says "hemangioma" everywhere: right exactly on the hemangioma blocks)."""
+    from conftest import tiny_lesion_datalist
+
+    from monai_liver.data.typed_study import STUDY_FILES, make_typed_study
+    from monai_liver.inference.volume_check import check_volume
+
+    datalist = tiny_lesion_datalist(tmp_path)
+    study = make_typed_study(datalist, 0, tmp_path / "study", per_class=2, slices_per_lesion=2, spacing_mm=3.0, size=64)
+    blocks = study["blocks"]
+    classes = [b["class"] for b in blocks]
+    assert all(a != b for a, b in zip(classes, classes[1:]))  # the classes in turn
+    load = {k: np.asanyarray(nib.load(str(tmp_path / "study" / f)).dataobj) for k, f in STUDY_FILES.items() if k != "study"}
+    assert load["volume"].shape == (64, 64, 3 * len(blocks)) and not study["skipped"] and len(blocks) >= 4
+    assert (load["volume"][:, :, 2::3] == -1024).all() and not load["segmentation"][:, :, 2::3].any()  # air between
+    types = load["lesion_types"]
+    for b in blocks:  # every lesion voxel of a block carries the block's type
+        block = types[:, :, b["first_slice"] : b["first_slice"] + 2]
+        assert set(np.unique(block[block > 0])) == {1 + CLASSES.index(b["class"])}
+        assert int((block[:, :, 0] > 0).sum()) == b["lesion_pixels"] > 0
+    np.testing.assert_array_equal(load["segmentation"] >= 1, load["liver"] > 0)
+    per_block = sum(ndimage_count(types[:, :, b["first_slice"] : b["first_slice"] + 2] > 0) for b in blocks)
+    assert ndimage_count(types > 0) == per_block
+
+    f = check_volume(inf.load_models(package, device="cpu"), tmp_path / "study" / STUDY_FILES["volume"],
+                     tmp_path / "study" / STUDY_FILES["segmentation"], tmp_path / "chk",
+                     tmp_path / "study" / STUDY_FILES["lesion_types"], liver=tmp_path / "study" / STUDY_FILES["liver"])
+    assert f["liver_given"] and f["localiser"] is None and f["liver_dice"] > 0.99  # the given liver, inside the body
+    lesions = _components(types > 0)
+    assert f["detected"] == f["typed_lesions"] == len(lesions)
+    assert f["type_accuracy"] == pytest.approx(np.mean([types[m].max() == 2 for m in lesions]), abs=1e-4)
+    with pytest.raises(LiverError, match="no typed slice"):
+        make_typed_study(datalist, 7, tmp_path / "none")

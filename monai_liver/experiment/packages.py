@@ -20,7 +20,7 @@ from monai_liver.constants import LOCALISER, PRETRAIN_STRATEGY
 from monai_liver.strategies import get as get_strategy
 from monai_liver.strategies import names
 
-__all__ = ["check_held_out", "package_dir", "write_packages"]
+__all__ = ["check_held_out", "check_typed_study", "package_dir", "write_packages"]
 
 
 def package_dir(out: str | Path, strategy: str, init: str) -> Path:
@@ -105,4 +105,36 @@ def check_held_out(out: str | Path, device: str | None = None, log=print) -> lis
         log(f"   {image.name} (held out from LiTS pretraining) with {package.name}: liver Dice {f['liver_dice']:.3f}, "
             f"lesion Dice {f['lesion_dice']:.3f}, detection recall {f['detection_recall']:.2f} "
             f"({f['detected']}/{f['reference_lesions']}), false lesions {f['false_lesions']}, lesion type accuracy {acc}")
-    return figures
+    typed = check_typed_study(out, package, predictor, log=log)
+    return figures + ([typed] if typed else [])
+
+
+def check_typed_study(out: str | Path, package: str | Path, predictor, per_class: int = 8, log=print) -> dict | None:
+    """``infer`` with ``package`` (its loaded ``predictor``) on a study stacked from the typed slices its
+    model did not train on (:func:`monai_liver.data.typed_study.make_typed_study` of the fold its settings
+    hold out, ``per_class`` slices per type), the liver given, scored by ``check_volume`` into
+    ``<out>/check/typed_study/infer/`` (the study in ``.../data/``): are the lesions the model finds typed right in 3D? None when the model
+    does not record its datalist and held-out fold, or that fold has no typed slice."""
+    from monai_liver.data.typed_study import STUDY_FILES, make_typed_study
+    from monai_liver.errors import LiverError
+    from monai_liver.inference.volume_check import check_volume
+    from monai_liver.model_package import read_settings
+
+    data = read_settings(Path(package)).get("data") or {}
+    if not data.get("datalist") or data.get("fold_held_out") is None:
+        log("   typed study: skipped (the model does not record its datalist and held-out fold)")
+        return None
+    target = Path(out) / "check" / "typed_study"
+    try:
+        study = make_typed_study(data["datalist"], int(data["fold_held_out"]), target / "data", per_class=per_class)
+    except LiverError as e:
+        log(f"   typed study: skipped ({e})")
+        return None
+    data_dir = target / "data"
+    f = check_volume(predictor, data_dir / STUDY_FILES["volume"], data_dir / STUDY_FILES["segmentation"], target / "infer",
+                     data_dir / STUDY_FILES["lesion_types"], liver=data_dir / STUDY_FILES["liver"])
+    acc = f"{f['type_accuracy']:.2f} of {f['typed_lesions']}" if f["type_accuracy"] is not None else "-"
+    log(f"   typed study ({len(study['blocks'])} typed slices of fold {study['fold']}, held out from {Path(package).name}, "
+        f"stacked; liver given): lesion Dice {f['lesion_dice']:.3f}, detection recall {f['detection_recall']:.2f} "
+        f"({f['detected']}/{f['reference_lesions']}), false lesions {f['false_lesions']}, lesion type accuracy {acc}")
+    return f

@@ -27,19 +27,20 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_volume(predictor, volume: str | Path, segmentation: str | Path, out: str | Path,
-                 lesion_types: str | Path | None = None) -> dict:
+                 lesion_types: str | Path | None = None, liver: str | Path | None = None) -> dict:
     """Run ``infer`` with ``predictor`` on ``volume`` into ``out`` and score it (module doc); the
-    figures are also written to ``out/check.json``."""
+    figures are also written to ``out/check.json``. ``liver``: a liver mask given to ``infer`` instead
+    of stage 1 (``--liver``)."""
     import nibabel as nib
     from scipy import ndimage
 
     from monai_liver.inference.infer import infer
 
     out = Path(out)
-    result = infer(volume, out, loaded=predictor, overlays=False)
+    result = infer(volume, out, loaded=predictor, overlays=False, liver=liver)
     names = list(predictor.model.class_names)
     ref = np.asanyarray(nib.load(str(segmentation)).dataobj)
-    liver = np.asanyarray(nib.load(str(out / "liver.nii.gz")).dataobj) > 0
+    pred_liver = np.asanyarray(nib.load(str(out / "liver.nii.gz")).dataobj) > 0
     lesion_map = np.asanyarray(nib.load(str(out / "lesion.nii.gz")).dataobj)
     lesion = lesion_map > 0
     comps, n_ref = ndimage.label(ref >= 2, structure=np.ones((3, 3, 3), bool))
@@ -61,9 +62,10 @@ def check_volume(predictor, volume: str | Path, segmentation: str | Path, out: s
     figures = {
         "volume": str(volume),
         "model": predictor.model.model_path,
-        "localiser": predictor.localiser.model_path if predictor.localiser is not None else None,
+        "localiser": None if liver else predictor.localiser.model_path if predictor.localiser is not None else None,
+        "liver_given": str(liver) if liver else None,
         "lesion_gate": result.get("lesion_gate"),
-        "liver_dice": round(_dice(liver, ref >= 1), 4),
+        "liver_dice": round(_dice(pred_liver, ref >= 1), 4),
         "lesion_dice": round(_dice(lesion, ref >= 2), 4),
         "reference_lesions": int(n_ref),
         "detected": int(hit),
