@@ -117,15 +117,17 @@ def test_ynet_branch_pools_encoder_features_where_its_segmentation_sees_the_lesi
 
     torch.manual_seed(2)
     net = build_network("ynet").eval()
-    assert net.cls_pool == "lesion" and net.cls_level == 3
+    assert net.cls_pool == "lesion" and net.cls_level == 1  # B0: S/4
+    assert YNet(backbone="basicunet-small").cls_level == 2 and YNet(cls_stride=16).cls_level == 3
     seen = []
     net.cls_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
     with torch.no_grad():
         out = net(X)
         features = net.encoder(X)
         lesion = torch.softmax(out["seg"], 1)[:, 2:3]
-        expected = LesionPooling()(features[3], lesion)
-    assert len(seen) == 1 and seen[0].shape == (2, 2 * 112) and torch.allclose(seen[0], expected)
+        expected = LesionPooling()(features[1], lesion)
+    assert features[1].shape[-1] == X.shape[-1] // 4
+    assert len(seen) == 1 and seen[0].shape == (2, 2 * 24) and torch.allclose(seen[0], expected)
     with torch.no_grad():
         net.cls_head[-1].bias.add_(1.0)  # the branch changes cls only
         out2 = net(X)
@@ -149,6 +151,8 @@ def test_ynet_branch_pools_encoder_features_where_its_segmentation_sees_the_lesi
         assert seen[0].shape == (2, 320, 2, 2) and torch.equal(seen[0], mehta.encoder(X)[-1])
     with pytest.raises(LiverError, match="cls_pool 'max' is not known"):
         YNet(cls_pool="max")
+    with pytest.raises(LiverError, match="cls_stride 3: the efficientnet-b0 encoder has levels at strides 2, 4, 8, 16, 32"):
+        YNet(cls_stride=3)
 
 
 def test_tensor_output_scripts_traces_and_keeps_checkpoint_keys(tmp_path):

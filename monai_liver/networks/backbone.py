@@ -51,6 +51,7 @@ __all__ = [
     "build_unet",
     "check_backbone",
     "encoder_channels",
+    "encoder_strides",
     "strip_encoder_head",
 ]
 
@@ -84,6 +85,12 @@ def encoder_channels(backbone: str) -> tuple[int, ...]:
     if check_backbone(backbone) in BASIC_UNETS:
         return BASIC_UNETS[backbone][:5]
     return tuple(FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"])
+
+
+def encoder_strides(backbone: str) -> tuple[int, ...]:
+    """Downsampling of the encoder's 5 feature maps against the input, shallow to deep (FlexibleUNet
+    encoders: 2, 4, 8, 16, 32; basicunet: 1, 2, 4, 8, 16)."""
+    return (1, 2, 4, 8, 16) if check_backbone(backbone) in BASIC_UNETS else (2, 4, 8, 16, 32)
 
 
 class BasicUNetEncoder(nn.Module):
