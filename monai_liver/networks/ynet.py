@@ -12,8 +12,9 @@ instead (train 0.55). Pooling encoder features weighted by the predicted lesion 
 quarter of the input size; S/4 for every backbone). With the demo's settings (2 folds of 165 training
 slices, 20 epochs, batch 8, lr 5e-3; bare loop, 2 seeds x 2 folds) the held-out type accuracy was
 0.45 at stride 8, 0.62 at stride 4 and 0.65 at stride 2, lesion Dice 0.72, 0.70 and 0.69; strides
-4 and 8 concatenated 0.58 (README, "What changed in training"). The weights are not detached: the
-classification loss also shapes the lesion channel.
+4 and 8 concatenated 0.58 (README, "What changed in training"). The weights are detached: the
+classification loss trains the branch and the encoder, not the lesion channel that weights it (at
+stride 4, same runs: accuracy 0.62 -> 0.65, lesion Dice 0.70 -> 0.71).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class YNet(LiverUNet):
     ``forward(x: (B, in_channels, H, W)) -> {"seg": (B, 3, H, W) logits, "cls": (B, n_classes) logits}``.
     The encoder runs once. ``cls_pool="lesion"``: the encoder feature map at ``cls_stride``
     (default 4: basicunet-small 16 channels at H/4; B0 24 at H/4) pooled by the softmax lesion channel of ``seg``
+    (detached)
     (:class:`LesionPooling`, 2C features) goes to ``cls_head`` (MLP); ``"global"``: the deepest map
     (B0: 320 channels at H/32), global average pooling, MLP.
     """
@@ -103,7 +105,7 @@ class YNet(LiverUNet):
         features = self.features(inputs)
         seg = self.decode(features)
         if self.cls_pool == "lesion":
-            lesion = torch.softmax(seg, dim=1)[:, 2:3]  # background, liver, lesion
+            lesion = torch.softmax(seg, dim=1)[:, 2:3].detach()  # background, liver, lesion
             cls = self.cls_head(self.lesion_pooling(features[self.cls_level], lesion))
         else:
             cls = self.cls_head(features[-1])
