@@ -101,10 +101,8 @@ def check_held_out(out: str | Path, device: str | None = None, log=print) -> lis
         f = check_volume(predictor, image, label, out / "check" / image.name.split(".")[0],
                          types if types.is_file() and types != label else None)
         figures.append(f)
-        acc = f"{f['type_accuracy']:.2f} of {f['typed_lesions']}" if f["type_accuracy"] is not None else "-"
         log(f"   {image.name} (held out from LiTS pretraining) with {package.name}: liver Dice {f['liver_dice']:.3f}, "
-            f"lesion Dice {f['lesion_dice']:.3f}, detection recall {f['detection_recall']:.2f} "
-            f"({f['detected']}/{f['reference_lesions']}), false lesions {f['false_lesions']}, lesion type accuracy {acc}")
+            f"{_lesion_figures(f)}")
     typed = check_typed_study(out, package, predictor, log=log)
     return figures + ([typed] if typed else [])
 
@@ -125,16 +123,21 @@ def check_typed_study(out: str | Path, package: str | Path, predictor, per_class
         log("   typed study: skipped (the model does not record its datalist and held-out fold)")
         return None
     target = Path(out) / "check" / "typed_study"
+    data_dir = target / "data"
     try:
-        study = make_typed_study(data["datalist"], int(data["fold_held_out"]), target / "data", per_class=per_class)
+        study = make_typed_study(data["datalist"], int(data["fold_held_out"]), data_dir, per_class=per_class)
     except LiverError as e:
         log(f"   typed study: skipped ({e})")
         return None
-    data_dir = target / "data"
     f = check_volume(predictor, data_dir / STUDY_FILES["volume"], data_dir / STUDY_FILES["segmentation"], target / "infer",
                      data_dir / STUDY_FILES["lesion_types"], liver=data_dir / STUDY_FILES["liver"])
-    acc = f"{f['type_accuracy']:.2f} of {f['typed_lesions']}" if f["type_accuracy"] is not None else "-"
     log(f"   typed study ({len(study['blocks'])} typed slices of fold {study['fold']}, held out from {Path(package).name}, "
-        f"stacked; liver given): lesion Dice {f['lesion_dice']:.3f}, detection recall {f['detection_recall']:.2f} "
-        f"({f['detected']}/{f['reference_lesions']}), false lesions {f['false_lesions']}, lesion type accuracy {acc}")
+        f"stacked; liver given): {_lesion_figures(f)}")
     return f
+
+
+def _lesion_figures(f: dict) -> str:
+    """The lesion part of a ``check_volume`` figures line: Dice, detection, false lesions, type accuracy."""
+    acc = f"{f['type_accuracy']:.2f} of {f['typed_lesions']}" if f["type_accuracy"] is not None else "-"
+    return (f"lesion Dice {f['lesion_dice']:.3f}, detection recall {f['detection_recall']:.2f} "
+            f"({f['detected']}/{f['reference_lesions']}), false lesions {f['false_lesions']}, lesion type accuracy {acc}")

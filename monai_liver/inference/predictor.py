@@ -74,7 +74,6 @@ class VolumePrediction:
     label: np.ndarray | None = None  #: uint8 (X, Y, Z): stage-2 argmax (0, 1, 2 [+ k])
     liver_source: str = ""  #: how the liver ROI was found
     lesion_gate: str = ""  #: the lesion gate's model file, when it gated this volume (module doc, step 4)
-    lesion_prob: dict[int, np.ndarray] = field(default_factory=dict)  #: k -> (X, Y) float16 stage-2 lesion probability
 
 
 def _chain(model: LoadedModel):
@@ -202,29 +201,33 @@ class Predictor:
         ks = [0] if shape[2] == 1 else [k for k in range(shape[2]) if liver[:, :, k].sum() * px_mm2 >= self.min_liver_mm2]
         label = np.zeros(shape, np.uint8)
         pred = VolumePrediction(np.zeros(shape, bool), np.zeros(shape, bool), ks, label=label, liver_source=source)
+        gated = self.lesion_gate is not None and shape[2] > 1
+        lesion_prob: dict[int, np.ndarray] = {}  # k -> (X, Y) stage-2 lesion probability, for the gate
         for k, (prob, cls) in zip(ks, predict_slices(self.model, hu, liver, ks, self.batch)):
             label[:, :, k] = prob.argmax(0)
-            pred.lesion_prob[k] = prob[2:].sum(0).astype(np.float16)
+            lesion = prob[2:].sum(0, keepdims=True)
+            if gated:
+                lesion_prob[k] = lesion[0].astype(np.float16)
             if self.model.strategy == "joint":
-                t = prob[2:]
-                pred.type_prob[k] = (t / np.maximum(t.sum(0, keepdims=True), 1e-8)).astype(np.float16)
+                pred.type_prob[k] = (prob[2:] / np.maximum(lesion, 1e-8)).astype(np.float16)
             if cls is not None:
                 pred.slice_prob[k] = cls
         # the liver is stage 1's (or the given mask); stage 2 says where its lesions are
         label[:] = np.where(liver & (hu > BODY_HU), np.maximum(label, 1), 0)
         voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine)[:3, :3])))
         _drop_small_lesions(label, self.min_lesion_mm3 / max(voxel_mm3, 1e-9))
-        if self.lesion_gate is not None and shape[2] > 1:
-            self._gate(hu, liver, ks, label, pred, voxel_mm3)
+        if gated:
+            self._gate(hu, liver, ks, label, pred, voxel_mm3, lesion_prob)
         pred.liver[:] = label >= 1
         pred.lesion[:] = label >= 2
         return pred
 
     def _gate(self, hu: np.ndarray, liver: np.ndarray, ks: list[int], label: np.ndarray, pred: VolumePrediction,
-              voxel_mm3: float) -> None:
+              voxel_mm3: float, lesion_prob: dict[int, np.ndarray]) -> None:
         """Step 4 of the module doc, in place on ``label``: the gate's lesion components that overlap
-        stage 2's lesions, and stage 2's lesions it is sure of, become the lesions (type 2 + k from the
-        joint type probabilities), the rest liver."""
+        stage 2's lesions, and stage 2's lesions it is sure of (``lesion_prob``: slice k -> (X, Y)
+        stage-2 lesion probability), become the lesions (type 2 + k from the joint type
+        probabilities), the rest liver."""
         from scipy import ndimage
 
         gate = np.zeros(label.shape, np.uint8)
@@ -236,12 +239,11 @@ class Predictor:
         comps, _ = ndimage.label(gate >= 2, structure=connect)
         kept = np.isin(comps, np.unique(comps[(label >= 2) & (comps > 0)]))
         stage2, n = ndimage.label(label >= 2, structure=connect)
-        if n:
-            lesion_prob = np.zeros(label.shape, np.float32)
-            for k, p in pred.lesion_prob.items():
-                lesion_prob[:, :, k] = p
-            sure = np.flatnonzero(np.asarray(ndimage.mean(lesion_prob, stage2, np.arange(1, n + 1))) >= self.sure_lesion) + 1
-            kept |= np.isin(stage2, sure)
+        if n:  # mean lesion probability per stage-2 component, summed slice by slice
+            total = sum(np.bincount(stage2[:, :, k].ravel(), weights=p.ravel().astype(np.float64), minlength=n + 1)
+                        for k, p in lesion_prob.items())
+            mean = total / np.maximum(np.bincount(stage2.ravel(), minlength=n + 1), 1)
+            kept |= np.isin(stage2, np.flatnonzero(mean[1:] >= self.sure_lesion) + 1)
         lesion_value = np.full(label.shape, 2, np.uint8)
         for k, t in pred.type_prob.items():
             lesion_value[:, :, k] = 2 + t.argmax(0)

@@ -62,7 +62,7 @@ def check_volume(predictor, volume: str | Path, segmentation: str | Path, out: s
     figures = {
         "volume": str(volume),
         "model": predictor.model.model_path,
-        "localiser": None if liver else predictor.localiser.model_path if predictor.localiser is not None else None,
+        "localiser": None if liver or predictor.localiser is None else predictor.localiser.model_path,
         "liver_given": str(liver) if liver else None,
         "lesion_gate": result.get("lesion_gate"),
         "liver_dice": round(_dice(pred_liver, ref >= 1), 4),
