@@ -159,7 +159,8 @@ class _DarkLesions(torch.nn.Module):
 def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
     """Step 4 of the predictor: of two dark blobs that the joint model calls lesions (lesion probability
     0.6), only the one the gate also finds stays (typed by the joint model); without the gate both stay;
-    both stay when the joint model is sure of them (0.99 >= ``sure_lesion``); a 2D image is not gated."""
+    both stay when the joint model is sure of them (0.99 >= ``sure_lesion``); a lesion the joint model
+    misses stays when the gate is sure of it; a 2D image is not gated."""
     from monai_liver.inference.model import LoadedModel
     from monai_liver.inference.predictor import Predictor
 
@@ -183,6 +184,15 @@ def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
     kept = Predictor(sure, lesion_gate=gate)(hu, affine, liver)
     assert kept.lesion[10, 10, 2] and kept.lesion[33, 33, 2]
     assert not Predictor(sure, lesion_gate=gate, sure_lesion=1.01)(hu, affine, liver).lesion[33, 33, 2]
+    # a lesion stage 2 misses stays when the gate is sure of it (0.99 >= ``sure_gate``), not when it is unsure
+    blind = LoadedModel(_DarkLesions(5, 0.01).eval(), "joint", ("cyst", "hemangioma", "metastasis"), **common)
+    unsure = LoadedModel(_DarkLesions(3, 0.1, lesion_logit=5.4).eval(), "lits_pretrain", ("cyst", "hemangioma", "metastasis"), **common)
+    assert not Predictor(blind)(hu, affine, liver).lesion.any()
+    assert Predictor(blind, lesion_gate=gate).sure_gate == 0.85
+    found = Predictor(blind, lesion_gate=gate)(hu, affine, liver)
+    assert found.lesion[10, 10, 2] and found.label[10, 10, 2] >= 2 and not found.lesion[33, 33, 2]
+    assert not Predictor(blind, lesion_gate=unsure)(hu, affine, liver).lesion.any()
+    assert not Predictor(blind, lesion_gate=gate, sure_gate=1.01)(hu, affine, liver).lesion.any()
     flat = Predictor(joint, lesion_gate=gate)(hu[:, :, 2:3], affine, liver[:, :, 2:3])
     assert flat.lesion[33, 33, 0] and not flat.lesion_gate
     # every stage-2 lesion inside a gate lesion: both stay (no component is lost to the background's place)
