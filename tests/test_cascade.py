@@ -255,3 +255,26 @@ def test_typed_study_stacks_typed_slices_and_scores_the_types(package, tmp_path)
     assert f["type_accuracy"] == pytest.approx(np.mean([types[m].max() == 2 for m in lesions]), abs=1e-4)
     with pytest.raises(LiverError, match="no typed slice"):
         make_typed_study(datalist, 7, tmp_path / "none")
+
+
+def test_fresh_volumes_check_pools_the_figures(tmp_path):
+    """``check_fresh_volumes`` (the demo's end-to-end check on LiTS-like phantoms made with seed + 1):
+    ``infer`` on each, figures pooled over the volumes and written, and the lesion gate scored in 2D
+    on the reference liver ROI (the stand-in gate says "liver" on every pixel it sees: liver Dice
+    above 0, lesion Dice 0)."""
+    from monai_liver.experiment.packages import check_fresh_volumes
+
+    model = _constant_model(tmp_path / "joint.pt", "joint", 2 + CLASSES.index("hemangioma"), image_size=32)
+    localiser = _constant_model(tmp_path / "loc.pt", "lits_pretrain", 1, image_size=32, roi_margin=-1)
+    gate = _constant_model(tmp_path / "gate.pt", "lits_pretrain", 1, image_size=32)
+    package = write_package(tmp_path / "joint-lits", model, localiser, {"fold": "fold0"}, lesion_gate=gate)
+    lines: list[str] = []
+    pooled = check_fresh_volumes(tmp_path / "exp", package, inf.load_models(package, device="cpu"), (48, 48, 10), seed=0,
+                                 n_volumes=2, log=lines.append)
+    written = json.loads((tmp_path / "exp" / "check" / "fresh" / "figures.json").read_text())
+    assert pooled["volumes"] == 2 and pooled["seed"] == 1 and written["pooled"] == pooled
+    assert pooled["reference_lesions"] == sum(f["reference_lesions"] for f in written["volumes"]) > 0
+    assert pooled["liver_dice"] == pytest.approx(np.mean([f["liver_dice"] for f in written["volumes"]]))
+    two_d = pooled["lits_pretrain_2d"]
+    assert two_d["liver_slices"] > 0 and two_d["liver_dice"] > 0 and two_d["lesion_slices"] > 0 and two_d["lesion_dice"] == 0
+    assert "2 fresh LiTS-like volumes (seed 1, made now" in lines[0] and lines[1].startswith("   lits_pretrain")

@@ -20,7 +20,10 @@ from monai_liver.constants import LOCALISER, PRETRAIN_STRATEGY
 from monai_liver.strategies import get as get_strategy
 from monai_liver.strategies import names
 
-__all__ = ["check_held_out", "check_typed_study", "package_dir", "write_packages"]
+__all__ = ["FRESH_VOLUMES", "check_fresh_volumes", "check_held_out", "check_typed_study", "package_dir", "write_packages"]
+
+#: LiTS-like phantoms made for the end-to-end check of an experiment on phantoms (:func:`check_fresh_volumes`)
+FRESH_VOLUMES = 6
 
 
 def package_dir(out: str | Path, strategy: str, init: str) -> Path:
@@ -104,7 +107,72 @@ def check_held_out(out: str | Path, device: str | None = None, log=print) -> lis
         log(f"   {image.name} (held out from LiTS pretraining) with {package.name}: liver Dice {f['liver_dice']:.3f}, "
             f"{_lesion_figures(f)}")
     typed = check_typed_study(out, package, predictor, log=log)
-    return figures + ([typed] if typed else [])
+    fresh = None
+    if figures and json.loads((out / "experiment.json").read_text()).get("phantoms"):
+        shape = nib.load(str(root / content["training"][0]["image"])).shape
+        fresh = check_fresh_volumes(out, package, predictor, shape, int(content.get("seed", 0)), log=log)
+    return figures + ([typed] if typed else []) + ([fresh] if fresh else [])
+
+
+def check_fresh_volumes(out: str | Path, package: str | Path, predictor, shape, seed: int, n_volumes: int = FRESH_VOLUMES,
+                        log=print) -> dict:
+    """``infer`` with ``package`` (its loaded ``predictor``) on ``n_volumes`` LiTS-like phantoms of ``shape``
+    made now with ``seed + 1`` into ``<out>/check/fresh/data``: volumes that no model of the experiment
+    trained on or was chosen by. The held-out LiTS fold of the quick preset is one or two volumes, so
+    a few lesions decide its figures; these add more. Also the lesion gate's (the lits_pretrain
+    model's) 2D figures on their liver slices, cropped to the reference liver as it was trained:
+    lesion Dice per slice with a lesion, liver Dice per liver slice, averaged. Returns the pooled
+    figures (also in ``<out>/check/fresh/figures.json``)."""
+    import nibabel as nib
+    import numpy as np
+
+    from monai_liver.data.io import to_canonical
+    from monai_liver.data.phantoms import make_lits_phantoms
+    from monai_liver.inference.predictor import predict_slices
+    from monai_liver.engine.metrics import dice_score
+    from monai_liver.inference.volume_check import check_volume
+
+    target = Path(out) / "check" / "fresh"
+    volumes = make_lits_phantoms(target / "data", n_volumes=n_volumes, shape=tuple(shape), seed=seed + 1)
+    per_volume, lesion_dice, liver_dice = [], [], []
+    for image in volumes:
+        label = image.with_name(image.name.replace("volume-", "segmentation-"))
+        f = check_volume(predictor, image, label, target / image.name.split(".")[0],
+                         image.with_name(image.name.replace("volume-", "lesiontypes-")))
+        per_volume.append(f)
+        if predictor.lesion_gate is not None:  # the lits_pretrain model in 2D, on the reference liver ROI
+            img, ref = nib.load(str(image)), nib.load(str(label))
+            hu = to_canonical(np.asarray(img.dataobj, np.float32), img.affine)[0]
+            ref = to_canonical(np.asarray(ref.dataobj), ref.affine)[0]
+            ks = [k for k in range(hu.shape[2]) if (ref[:, :, k] >= 1).any()]
+            for k, (prob, _) in zip(ks, predict_slices(predictor.lesion_gate, hu, ref >= 1, ks, predictor.batch)):
+                liver_dice.append(dice_score(prob.argmax(0) >= 1, ref[:, :, k] >= 1))
+                if (ref[:, :, k] >= 2).any():
+                    lesion_dice.append(dice_score(prob.argmax(0) >= 2, ref[:, :, k] >= 2))
+    with_lesions = [f for f in per_volume if f["reference_lesions"]]
+    typed = sum(f["typed_lesions"] for f in per_volume)
+    pooled = {
+        "volumes": len(per_volume), "seed": seed + 1, "package": Path(package).name,
+        "liver_dice": float(np.mean([f["liver_dice"] for f in per_volume])),
+        "lesion_dice": float(np.mean([f["lesion_dice"] for f in with_lesions])) if with_lesions else None,
+        "detected": sum(f["detected"] for f in per_volume), "reference_lesions": sum(f["reference_lesions"] for f in per_volume),
+        "false_lesions": sum(f["false_lesions"] for f in per_volume), "typed_lesions": typed,
+        "type_accuracy": (sum(f["type_accuracy"] * f["typed_lesions"] for f in per_volume if f["typed_lesions"]) / typed
+                          if typed else None),
+        "lits_pretrain_2d": {"lesion_dice": float(np.mean(lesion_dice)) if lesion_dice else None, "lesion_slices": len(lesion_dice),
+                             "liver_dice": float(np.mean(liver_dice)) if liver_dice else None, "liver_slices": len(liver_dice)},
+    }
+    pooled["detection_recall"] = pooled["detected"] / pooled["reference_lesions"] if pooled["reference_lesions"] else None
+    (target / "figures.json").write_text(json.dumps({"pooled": pooled, "volumes": per_volume}, indent=1))
+    lesion = "-" if pooled["lesion_dice"] is None else f"{pooled['lesion_dice']:.3f} (mean of {len(with_lesions)} volumes with lesions)"
+    log(f"   {len(per_volume)} fresh LiTS-like volumes (seed {seed + 1}, made now, seen by no model) with {Path(package).name}: "
+        f"liver Dice {pooled['liver_dice']:.3f}, {_lesion_figures(pooled, lesion)}")
+    two_d = pooled["lits_pretrain_2d"]
+    if two_d["liver_dice"] is not None:
+        log(f"   lits_pretrain (the lesion gate) on their liver slices, 2D: liver Dice {two_d['liver_dice']:.3f} "
+            f"({two_d['liver_slices']} slices), lesion Dice "
+            + ("-" if two_d["lesion_dice"] is None else f"{two_d['lesion_dice']:.3f} ({two_d['lesion_slices']} slices with a lesion)"))
+    return pooled
 
 
 def check_typed_study(out: str | Path, package: str | Path, predictor, per_class: int = 8, log=print) -> dict | None:
@@ -136,8 +204,10 @@ def check_typed_study(out: str | Path, package: str | Path, predictor, per_class
     return f
 
 
-def _lesion_figures(f: dict) -> str:
-    """The lesion part of a ``check_volume`` figures line: Dice, detection, false lesions, type accuracy."""
+def _lesion_figures(f: dict, lesion_dice: str | None = None) -> str:
+    """The lesion part of a ``check_volume`` figures line: Dice (``lesion_dice`` if given), detection,
+    false lesions, type accuracy."""
     acc = f"{f['type_accuracy']:.2f} of {f['typed_lesions']}" if f["type_accuracy"] is not None else "-"
-    return (f"lesion Dice {f['lesion_dice']:.3f}, detection recall {f['detection_recall']:.2f} "
+    recall = "-" if f["detection_recall"] is None else f"{f['detection_recall']:.2f}"
+    return (f"lesion Dice {lesion_dice or format(f['lesion_dice'], '.3f')}, detection recall {recall} "
             f"({f['detected']}/{f['reference_lesions']}), false lesions {f['false_lesions']}, lesion type accuracy {acc}")
