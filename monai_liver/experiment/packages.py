@@ -128,8 +128,8 @@ def check_fresh_volumes(out: str | Path, package: str | Path, predictor, shape, 
 
     from monai_liver.data.io import to_canonical
     from monai_liver.data.phantoms import make_lits_phantoms
-    from monai_liver.inference.predictor import predict_slices
     from monai_liver.engine.metrics import dice_score
+    from monai_liver.inference.predictor import predict_slices
     from monai_liver.inference.volume_check import check_volume
 
     target = Path(out) / "check" / "fresh"
