@@ -123,13 +123,9 @@ def check_fresh_volumes(out: str | Path, package: str | Path, predictor, shape, 
     model's) 2D figures on their liver slices, cropped to the reference liver as it was trained:
     lesion Dice per slice with a lesion, liver Dice per liver slice, averaged. Returns the pooled
     figures (also in ``<out>/check/fresh/figures.json``)."""
-    import nibabel as nib
     import numpy as np
 
-    from monai_liver.data.io import to_canonical
     from monai_liver.data.phantoms import make_lits_phantoms
-    from monai_liver.engine.metrics import dice_score
-    from monai_liver.inference.predictor import predict_slices
     from monai_liver.inference.volume_check import check_volume
 
     target = Path(out) / "check" / "fresh"
@@ -140,15 +136,10 @@ def check_fresh_volumes(out: str | Path, package: str | Path, predictor, shape, 
         f = check_volume(predictor, image, label, target / image.name.split(".")[0],
                          image.with_name(image.name.replace("volume-", "lesiontypes-")))
         per_volume.append(f)
-        if predictor.lesion_gate is not None:  # the lits_pretrain model in 2D, on the reference liver ROI
-            img, ref = nib.load(str(image)), nib.load(str(label))
-            hu = to_canonical(np.asarray(img.dataobj, np.float32), img.affine)[0]
-            ref = to_canonical(np.asarray(ref.dataobj), ref.affine)[0]
-            ks = [k for k in range(hu.shape[2]) if (ref[:, :, k] >= 1).any()]
-            for k, (prob, _) in zip(ks, predict_slices(predictor.lesion_gate, hu, ref >= 1, ks, predictor.batch)):
-                liver_dice.append(dice_score(prob.argmax(0) >= 1, ref[:, :, k] >= 1))
-                if (ref[:, :, k] >= 2).any():
-                    lesion_dice.append(dice_score(prob.argmax(0) >= 2, ref[:, :, k] >= 2))
+        if predictor.lesion_gate is not None:
+            liver, lesion = _slice_dice_on_reference_roi(predictor.lesion_gate, image, label, predictor.batch)
+            liver_dice += liver
+            lesion_dice += lesion
     with_lesions = [f for f in per_volume if f["reference_lesions"]]
     typed = sum(f["typed_lesions"] for f in per_volume)
     pooled = {
@@ -173,6 +164,25 @@ def check_fresh_volumes(out: str | Path, package: str | Path, predictor, shape, 
             f"({two_d['liver_slices']} slices), lesion Dice "
             + ("-" if two_d["lesion_dice"] is None else f"{two_d['lesion_dice']:.3f} ({two_d['lesion_slices']} slices with a lesion)"))
     return pooled
+
+
+def _slice_dice_on_reference_roi(model, image: Path, label: Path, batch: int) -> tuple[list[float], list[float]]:
+    """``model`` (a lits_pretrain network) on every liver slice of ``image``, cropped to the reference
+    liver of ``label`` (0, 1 liver, 2 lesion) as it was trained: per-slice liver Dice (every liver slice)
+    and lesion Dice (slices with a lesion), on the slice grid."""
+    from monai_liver.data.io import load_ct, load_mask
+    from monai_liver.engine.metrics import dice_score
+    from monai_liver.inference.predictor import predict_slices
+
+    hu, affine = load_ct(image)
+    ref = load_mask(label, reference_affine=affine, reference_shape=hu.shape)
+    ks = [k for k in range(hu.shape[2]) if (ref[:, :, k] >= 1).any()]
+    liver, lesion = [], []
+    for k, (prob, _) in zip(ks, predict_slices(model, hu, ref >= 1, ks, batch)):
+        liver.append(dice_score(prob.argmax(0) >= 1, ref[:, :, k] >= 1))
+        if (ref[:, :, k] >= 2).any():
+            lesion.append(dice_score(prob.argmax(0) >= 2, ref[:, :, k] >= 2))
+    return liver, lesion
 
 
 def check_typed_study(out: str | Path, package: str | Path, predictor, per_class: int = 8, log=print) -> dict | None:

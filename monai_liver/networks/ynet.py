@@ -66,9 +66,8 @@ class YNet(LiverUNet):
 
     ``forward(x: (B, in_channels, H, W)) -> {"seg": (B, 3, H, W) logits, "cls": (B, n_classes) logits}``.
     The encoder runs once. ``cls_pool="lesion"``: the encoder feature map at ``cls_stride``
-    (default 4: basicunet-small 16 channels at H/4; B0 24 at H/4) pooled by the softmax lesion channel of ``seg``
-    (detached)
-    (:class:`LesionPooling`, 2C features) goes to ``cls_head`` (MLP); ``"global"``: the deepest map
+    (default 4: basicunet-small 16 channels at H/4; B0 24 at H/4) pooled by the softmax lesion channel of ``seg``,
+    detached (:class:`LesionPooling`, 2C features) goes to ``cls_head`` (MLP); ``"global"``: the deepest map
     (B0: 320 channels at H/32), global average pooling, MLP.
     """
 
