@@ -98,6 +98,7 @@ def test_cascade_on_a_volume(package, volume, tmp_path, capsys):
     assert not lesion[~liver].any()
     res = json.loads((out / "result.json").read_text())
     assert res["localiser"].endswith("liver_model.pt") and "liver localiser" in res["liver_roi"]
+    assert res["flip_average"] is True  # the default; --no-flip-average: one pass per slice
     assert res["model_settings"]["image_size"] == 32 and res["slices_processed"] == 12
     assert {d["class"] for d in res["lesions"]} == {"hemangioma"}
 
@@ -199,6 +200,39 @@ def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
     same = LoadedModel(_DarkLesions(3, 0.3).eval(), "lits_pretrain", ("cyst", "hemangioma", "metastasis"), **common)
     both = Predictor(joint, lesion_gate=same)(hu, affine, liver)
     assert both.lesion[10, 10, 2] and both.lesion[33, 33, 2]
+
+
+class _LeftHalfLesion(torch.nn.Module):
+    """A network that is not flip-equivariant: lesion logit 4 on the left half of its input's first
+    axis (the image's rows), background elsewhere; class logits favour class 0 when the top-left
+    pixel is bright."""
+
+    def forward(self, x):
+        seg = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        seg[:, 2, : x.shape[2] // 2] = 4.0
+        cls = torch.stack([x[:, 0, 0, 0] * 4.0, torch.zeros(x.shape[0]), torch.zeros(x.shape[0])], 1)
+        return {"seg": seg, "cls": cls}
+
+
+def test_flip_average_is_the_mean_over_the_four_flips():
+    """Stage 2 and the gate average over the four flips of each slice, each mapped back (the
+    predictor's ``flip_average``): for a network that marks the left half of whatever it sees, the
+    mean marks both halves with half the evidence; one pass marks the left half only."""
+    from monai_liver.inference.predictor import FLIP_AVERAGE, Predictor, _probabilities
+
+    x = torch.zeros(2, 1, 8, 8)
+    x[1, 0, 0, 0] = 1.0
+    one, cls_one = _probabilities(_LeftHalfLesion(), x, flip_average=False)
+    mean, cls_mean = _probabilities(_LeftHalfLesion(), x, flip_average=True)
+    p_left = torch.softmax(torch.tensor([0.0, 0.0, 4.0]), 0)[2].item()
+    p_none = 1.0 / 3.0
+    assert torch.allclose(one[:, 2, :4], torch.tensor(p_left)) and torch.allclose(one[:, 2, 4:], torch.tensor(p_none))
+    assert torch.allclose(mean[:, 2], torch.tensor((p_left + p_none) / 2))  # both halves, half the evidence
+    assert np.allclose(mean.sum(1), 1.0) and cls_mean.shape == (2, 3)
+    # the bright pixel is at the top-left in one of the four flips only: class 0 a quarter as sure
+    p0 = torch.softmax(torch.tensor([4.0, 0.0, 0.0]), 0)[0].item()
+    assert np.isclose(cls_one[1, 0], p0) and np.isclose(cls_mean[1, 0], (p0 + 3 * (1 / 3)) / 4)
+    assert FLIP_AVERAGE and Predictor(None).flip_average  # the default of infer, the label app and the checks
 
 
 def test_experiment_packages_carry_the_lesion_gate(package, tmp_path):

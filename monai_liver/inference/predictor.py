@@ -65,11 +65,18 @@ SURE_LESION = 0.75
 #: although stage 2 did not mark it (module doc, step 4)
 SURE_GATE = 0.85
 
+#: stage 2 and the lesion gate average their probabilities over the four flips of each slice (the
+#: flips the bundles train with). Measured with two demos' joint-lits packages (README, "A model you
+#: can run on a new scan"): fewer false lesions (4 -> 1 and 7 -> 1 over the held-out volumes, the
+#: typed study and six fresh volumes) and lesion Dice up on every LiTS-like volume set, for four
+#: network passes over the liver slices instead of one
+FLIP_AVERAGE = True
+
 #: HU above which a pixel is body (air is about -1000 HU, lung about -850, fat about -100): the liver
 #: and its lesions are looked for inside the body only, so air never becomes a false lesion
 BODY_HU = -500.0
 
-__all__ = ["BODY_HU", "MIN_LESION_MM3", "SURE_GATE", "SURE_LESION", "Predictor", "VolumePrediction", "lesion_components", "max_diameter_mm", "study_summary"]
+__all__ = ["BODY_HU", "FLIP_AVERAGE", "MIN_LESION_MM3", "SURE_GATE", "SURE_LESION", "Predictor", "VolumePrediction", "lesion_components", "max_diameter_mm", "study_summary"]
 
 
 @dataclass
@@ -105,10 +112,11 @@ def _chain(model: LoadedModel):
     ])
 
 
-def predict_slices(model: LoadedModel, hu: np.ndarray, roi: np.ndarray | None, ks: Sequence[int], batch: int = 16):
+def predict_slices(model: LoadedModel, hu: np.ndarray, roi: np.ndarray | None, ks: Sequence[int], batch: int = 16,
+                   flip_average: bool = False):
     """For slices ``ks`` of ``hu`` (X, Y, Z): per slice (probabilities (C, X, Y) float32 on the slice
     grid, class probabilities (K,) or None), each slice cropped to ``roi`` (X, Y, Z) bool; ``None``:
-    whole slices."""
+    whole slices. ``flip_average``: probabilities averaged over the four flips of the input."""
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Invertd
@@ -123,16 +131,31 @@ def predict_slices(model: LoadedModel, hu: np.ndarray, roi: np.ndarray | None, k
                         "roi": whole if roi is None else torch.from_numpy(np.ascontiguousarray(roi[:, :, k]))[None]})
                  for k in part]
         x = torch.stack([d["image"].as_tensor() for d in items]).to(model.device)
-        with torch.no_grad():
-            pred = model.net(x)
-        seg = torch.softmax(pred["seg"].float(), dim=1).cpu()
-        cls = torch.softmax(pred["cls"].float(), dim=1).cpu().numpy() if pred.get("cls") is not None else None
+        seg, cls = _probabilities(model.net, x, flip_average)
         for j, d in enumerate(items):
             d["pred"] = MetaTensor(seg[j], meta=d["image"].meta, applied_operations=d["image"].applied_operations)
             prob = inv(d)["pred"]
             prob = prob.as_tensor().numpy() if hasattr(prob, "as_tensor") else np.asarray(prob)
             out.append((prob, None if cls is None else cls[j]))
     return out
+
+
+def _probabilities(net, x, flip_average: bool):
+    """Softmax of the network's segmentation (B, C, H, W) and of its class logits (B, K), or None,
+    for ``x`` (B, 1, H, W); ``flip_average``: the mean over the four flips of the two image axes
+    (each mapped back), the flips the bundles train with."""
+    import torch
+
+    flips = [(), (2,), (3,), (2, 3)] if flip_average else [()]
+    seg, cls = 0.0, None
+    with torch.no_grad():
+        for axes in flips:
+            out = net(torch.flip(x, axes) if axes else x)
+            prob = torch.softmax(out["seg"].float(), dim=1)
+            seg = seg + (torch.flip(prob, axes) if axes else prob)
+            if out.get("cls") is not None:
+                cls = torch.softmax(out["cls"].float(), dim=1) + (0.0 if cls is None else cls)
+    return (seg / len(flips)).cpu(), None if cls is None else (cls / len(flips)).cpu().numpy()
 
 
 def _drop_small_lesions(label: np.ndarray, min_voxels: float) -> None:
@@ -183,6 +206,8 @@ class Predictor:
         min_liver_mm2: 3D volumes: slices with less predicted liver are not processed.
         min_lesion_mm3: lesions (3D components) smaller than this become liver (0: keep all).
         batch: slices per network call.
+        flip_average: stage 2 and the gate average their probabilities over the four flips of each
+            slice (:data:`FLIP_AVERAGE`; the localiser does not).
     """
 
     model: LoadedModel
@@ -193,6 +218,7 @@ class Predictor:
     min_liver_mm2: float = 100.0
     min_lesion_mm3: float = MIN_LESION_MM3
     batch: int = 16
+    flip_average: bool = FLIP_AVERAGE
 
     def find_liver(self, hu: np.ndarray) -> tuple[np.ndarray, str]:
         """Stage 1: liver mask (X, Y, Z) bool and a sentence saying how it was found."""
@@ -226,7 +252,7 @@ class Predictor:
         pred = VolumePrediction(np.zeros(shape, bool), np.zeros(shape, bool), ks, label=label, liver_source=source)
         gated = self.lesion_gate is not None and shape[2] > 1
         lesion_prob: dict[int, np.ndarray] = {}  # k -> (X, Y) stage-2 lesion probability, for the gate
-        for k, (prob, cls) in zip(ks, predict_slices(self.model, hu, liver, ks, self.batch)):
+        for k, (prob, cls) in zip(ks, predict_slices(self.model, hu, liver, ks, self.batch, self.flip_average)):
             label[:, :, k] = prob.argmax(0)
             lesion = prob[2:].sum(0, keepdims=True)
             if gated:
@@ -255,7 +281,7 @@ class Predictor:
 
         gate = np.zeros(label.shape, np.uint8)
         gate_prob: dict[int, np.ndarray] = {}  # k -> (X, Y) the gate's lesion probability
-        for k, (prob, _) in zip(ks, predict_slices(self.lesion_gate, hu, liver, ks, self.batch)):
+        for k, (prob, _) in zip(ks, predict_slices(self.lesion_gate, hu, liver, ks, self.batch, self.flip_average)):
             gate[:, :, k] = np.where(prob.argmax(0) >= 2, 2, 1)
             gate_prob[k] = prob[2].astype(np.float16)
         gate[label == 0] = 0
