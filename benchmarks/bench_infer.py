@@ -5,7 +5,8 @@ through ``infer`` with a model package (default the demo's ``packages/joint-lits
 on every whole slice, then the joint model on each liver slice's ROI), outputs written as a user
 gets them (no overlays). Printed: seconds for reading, stage 1, stage 2 and the whole command, slices
 per second, and, as the plain baseline of the same run, the time of the two networks alone on
-pre-cut tensors of the same number of slices (so the ratio is what the pipeline adds around them)::
+pre-cut tensors of the same number of slices and passes (so the ratio is what the pipeline adds around
+them), and the whole ``infer`` once more with the flip average switched (its cost)::
 
     python benchmarks/bench_infer.py --model demo_out/experiment/packages/joint-lits
 """
@@ -57,6 +58,12 @@ def main() -> int:
     res = infer(vol, args.work / "out", loaded=predictor, overlays=False)
     t_total = time.perf_counter() - t3
     n1, n2 = hu.shape[2], len(pred.slices)
+    predictor.flip_average = not predictor.flip_average  # the other way, for its cost
+    t4 = time.perf_counter()
+    infer(vol, args.work / "out", loaded=predictor, overlays=False)
+    t_other = time.perf_counter() - t4
+    predictor.flip_average = not predictor.flip_average
+    passes = 4 if predictor.flip_average else 1
 
     # the plain baseline: both networks alone, same slice counts, tensors cut beforehand
     def net_only(model, n: int) -> float:
@@ -68,14 +75,19 @@ def main() -> int:
                 model.net(x[: min(16, n - start)])
         return time.perf_counter() - t
 
-    t_nets = net_only(predictor.localiser or predictor.model, n1) + net_only(predictor.model, n2)
+    t_nets = net_only(predictor.localiser or predictor.model, n1) + passes * net_only(predictor.model, n2)
+    if predictor.lesion_gate is not None:
+        t_nets += passes * net_only(predictor.lesion_gate, n2)
     print(f"volume {hu.shape} ({np.prod(hu.shape) / 1e6:.0f} M voxels), model {args.model}, device {args.device}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"read {t_read:.1f} s | stage 1 (liver, {n1} whole slices) {t_stage1:.1f} s | "
           f"stage 2 (lesions, {n2} liver slices) {t_stage2:.1f} s")
     print(f"infer, whole (read, both stages, lesions, outputs): {t_total:.1f} s, {n1 / t_total:.1f} slices/s, "
           f"{len(res['lesions'])} lesion(s)")
-    print(f"networks alone on pre-cut tensors (same slices): {t_nets:.1f} s; infer / networks alone = {t_total / t_nets:.1f}x")
+    print(f"infer with flip_average={not predictor.flip_average}: {t_other:.1f} s; flip_average on / off = "
+          f"{(t_total / t_other) if predictor.flip_average else (t_other / t_total):.2f}x")
+    print(f"networks alone on pre-cut tensors (same slices and passes: localiser, stage 2 and the gate x {passes}): "
+          f"{t_nets:.1f} s; infer / networks alone = {t_total / t_nets:.1f}x")
     return 0
 
 

@@ -13,8 +13,9 @@ Used by ``monai-liver infer``, the MONAI Label app and the export parity test. F
    image is always processed.
 3. **lesions** (stage 2): the strategy model on each kept slice's liver ROI, preprocessed exactly
    like its training slices (HU window, crop with the ROI margin, resize of the longest side to
-   ``image_size``, pad to a square: MONAI transforms), its probabilities mapped back to the slice
-   grid by MONAI's ``Invertd``. Slices go through the network in batches.
+   ``image_size``, pad to a square: MONAI transforms), its probabilities averaged over the four flips
+   of each slice (``flip_average``, :data:`FLIP_AVERAGE`; the gate of step 4 too) and mapped back to
+   the slice grid by MONAI's ``Invertd``. Slices go through the network in batches.
 4. **lesion gate** (3D volumes, when the package has ``lesion_model.pt``): the lits_pretrain network
    (trained on LiTS liver crops, slices with and without lesions) on the same ROIs. A lesion of stage
    2 (3D component) stays when the gate confirms it, and then takes the shape of the gate's component
