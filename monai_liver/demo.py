@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 #: runs of the quick experiment at a time (``--runs-per-device``), each with its share of the CPU threads:
-#: on 2 CPU cores two one-thread runs trained the demo's 18 runs in 813 s against 1169 s one two-thread run
-#: at a time, with the same table within its intervals (README, "Two commands")
+#: on 2 CPU cores two one-thread runs trained the demo's 18 runs in 813 s, against 1169 s for one two-thread
+#: run at a time, with the same table within its intervals (README, "What `make demo` prints")
 RUNS_AT_A_TIME = 2
 
 

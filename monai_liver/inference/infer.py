@@ -416,7 +416,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-lesion-gate", action="store_true", help="3D: keep every lesion of the strategy model, "
                         "without the package's lesion gate (lesion_model.pt)")
     parser.add_argument("--no-flip-average", action="store_true", help="one network pass per slice instead of the "
-                        "mean over its four flips (stage 2 and the lesion gate; about 4x less network time)")
+                        "mean over its four flips (stage 2 and the lesion gate; a quarter of their network passes)")
     parser.add_argument("--no-overlays", action="store_true", help="no PNG per lesion slice")
     parser.add_argument("--classes", nargs="+", help="lesion class names (only for a model that does not record them)")
     parser.add_argument("--image-size", type=int, help="network input size (only for a model that does not record it; contradicting the model is an error)")
