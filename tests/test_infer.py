@@ -8,6 +8,8 @@ ROI". Nothing here is about accuracy.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -203,3 +205,33 @@ def test_checkpoint_settings_choose_backbone_and_size(tmp_path):
     assert loaded.image_size == 64 and type(loaded.net.encoder).__name__ == "BasicUNetEncoder"
     with pytest.raises(LiverError, match="trained at image size 64, not 128"):
         load_bundle_model(joint, ckpt, "cpu", image_size=128)
+
+
+def test_two_infers_finishing_into_one_out_take_turns(tmp_path):
+    """Two processes that each move 200 finished results into the same ``--out`` at once (what two
+    ``infer`` calls do at their end), started together: none fails, ``out`` holds one whole result,
+    nothing is left beside it. (Without the lock one process's renames met the other's: an OSError,
+    'No such file or directory' or 'Directory not empty'.)"""
+    work, go = tmp_path / "work", tmp_path / "go"
+    work.mkdir()
+    out = work / "out"
+    code = (
+        "import sys, tempfile, time\n"
+        "from pathlib import Path\n"
+        "from monai_liver.inference.infer import _swap_into_place\n"
+        "out, go = Path(sys.argv[1]), Path(sys.argv[3])\n"
+        "while not go.exists():\n"
+        "    time.sleep(0.01)\n"
+        "for i in range(200):\n"
+        "    staged = Path(tempfile.mkdtemp(prefix='.out.partial-', dir=out.parent))\n"
+        "    (staged / 'result.json').write_text(sys.argv[2] + str(i))\n"
+        "    _swap_into_place(staged, out)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(out), tag, str(go)], stderr=subprocess.PIPE, text=True)
+             for tag in ("a", "b")]
+    go.touch()
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    assert [p.name for p in out.iterdir()] == ["result.json"]
+    assert out.joinpath("result.json").read_text() in ("a199", "b199")
+    assert [p.name for p in work.iterdir()] == ["out"]

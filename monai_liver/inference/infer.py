@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -275,12 +276,21 @@ def _staging_dir(out: Path) -> Path:
 
 def _swap_into_place(staged: Path, out: Path) -> None:
     """Replace ``out`` by ``staged`` (renames in one folder): ``out`` then holds only the new result;
-    an earlier result is removed only after the new one is in place."""
+    an earlier result is removed only after the new one is in place. Two ``infer`` calls that finish
+    into one ``out`` at once take turns (a lock on the folder that holds it, so no lock file is left
+    beside the result): the last one's result stays, whole."""
+    import fcntl
+
     old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(staged, out)
+    folder = os.open(out.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old)  # onto the empty folder just made
+        os.replace(staged, out)
+    finally:
+        os.close(folder)  # releases the lock
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
