@@ -1,4 +1,4 @@
-"""An exclusive advisory lock on a file (``fcntl.flock``), next to :mod:`monai_liver.atomic`: one
+"""An exclusive advisory lock on a file or folder (``fcntl.flock``), next to :mod:`monai_liver.atomic`: one
 process at a time works in a folder. The lock is released when the block ends, and by the operating
 system when its process dies (even by SIGKILL), so a killed holder never leaves it stale."""
 
@@ -16,18 +16,25 @@ __all__ = ["exclusive_lock"]
 
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike, *, busy: str | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created, with its folder) for the ``with`` block: wait
-    for another process that holds it, or with ``busy``, raise ``LiverError(busy)`` at once."""
+    """Hold an exclusive lock on ``path`` for the ``with`` block: a file (created, with its folder),
+    or an existing folder itself (nothing is written into it); wait for another process that holds
+    it, or with ``busy``, raise ``LiverError(busy)`` at once."""
     import fcntl
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
+    if path.is_dir():
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # as open(path, "w")
+    try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
         except BlockingIOError:
             raise LiverError(busy) from None
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -141,3 +141,9 @@ def test_exclusive_lock(tmp_path):
                 pass
     with exclusive_lock(tmp_path / "sub" / ".lock", busy="busy folder"):  # released
         pass
+    folder = tmp_path / "sub"
+    with exclusive_lock(folder):  # a folder itself: locked, nothing written into it
+        with pytest.raises(LiverError, match="busy folder"):
+            with exclusive_lock(folder, busy="busy folder"):
+                pass
+    assert [p.name for p in folder.iterdir()] == [".lock"]

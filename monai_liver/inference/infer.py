@@ -279,18 +279,14 @@ def _swap_into_place(staged: Path, out: Path) -> None:
     an earlier result is removed only after the new one is in place. Two ``infer`` calls that finish
     into one ``out`` at once take turns (a lock on the folder that holds it, so no lock file is left
     beside the result): the last one's result stays, whole."""
-    import fcntl
+    from monai_liver.locks import exclusive_lock
 
     old = None
-    folder = os.open(out.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
+    with exclusive_lock(out.parent):
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old)  # onto the empty folder just made
         os.replace(staged, out)
-    finally:
-        os.close(folder)  # releases the lock
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
