@@ -43,6 +43,7 @@ def _stage(name: str, times: dict[str, float]):
 def main(args: argparse.Namespace) -> int:
     from monai_liver.data import datalist, phantoms, validation
     from monai_liver.errors import LiverError
+    from monai_liver.experiment.settings import QUICK
 
     out: Path = args.out
     times: dict[str, float] = {}
@@ -50,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     lists_dir.mkdir(parents=True, exist_ok=True)
 
     with _stage("phantoms", times):
-        phantoms.make_lits_phantoms(lits_dir, seed=args.seed)
+        phantoms.make_lits_phantoms(lits_dir, n_volumes=QUICK.lits_volumes, shape=QUICK.lits_shape, seed=args.seed)
         manifest = phantoms.make_lesion_slices(lesion_dir, seed=args.seed)
         print(f"   LiTS-like volumes in {lits_dir}, lesion-type slices in {manifest}")
     with _stage("preview", times):

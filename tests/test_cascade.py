@@ -141,19 +141,19 @@ def test_export_of_a_package_keeps_its_settings(package, tmp_path):
 
 
 class _DarkLesions(torch.nn.Module):
-    """A stand-in network: lesion (channel 2; the first type channel for joint) where the input is
-    below ``threshold``, liver elsewhere: ``(B, 1, S, S) -> {"seg": (B, C, S, S), "cls": None}``.
+    """A stand-in network: lesion (channel ``dark``, default 2: the first type channel for joint; 0:
+    background) where the input is below ``threshold``, liver elsewhere: ``(B, 1, S, S) -> {"seg": (B, C, S, S), "cls": None}``.
     The lesion logit is ``lesion_logit`` against 5 for liver: 10 gives a lesion probability of 0.99,
     5.4 one of 0.6."""
 
-    def __init__(self, channels: int, threshold: float, lesion_logit: float = 10.0) -> None:
+    def __init__(self, channels: int, threshold: float, lesion_logit: float = 10.0, dark: int = 2) -> None:
         super().__init__()
-        self.channels, self.threshold, self.lesion_logit = channels, threshold, lesion_logit
+        self.channels, self.threshold, self.lesion_logit, self.dark = channels, threshold, lesion_logit, dark
 
     def forward(self, x):
         seg = torch.zeros(x.shape[0], self.channels, *x.shape[2:])
         seg[:, 1] = 5.0
-        seg[:, 2] = torch.where(x[:, 0] < self.threshold, self.lesion_logit, -10.0)
+        seg[:, self.dark] = torch.where(x[:, 0] < self.threshold, self.lesion_logit, -10.0)
         return {"seg": seg, "cls": None}
 
 
@@ -200,6 +200,31 @@ def test_lesion_gate_keeps_the_stage2_lesions_it_confirms():
     same = LoadedModel(_DarkLesions(3, 0.3).eval(), "lits_pretrain", ("cyst", "hemangioma", "metastasis"), **common)
     both = Predictor(joint, lesion_gate=same)(hu, affine, liver)
     assert both.lesion[10, 10, 2] and both.lesion[33, 33, 2]
+
+
+def test_the_gate_trims_the_liver_of_stage_1_not_a_given_one():
+    """Step 4 of the predictor: a fluid-filled organ beside the liver (10 HU) that the whole-slice
+    localiser takes for liver and the joint model, sure of it, for a lesion, is neither liver nor lesion
+    when the gate (liver crops) calls it background; it stays without the trim, and inside a given liver."""
+    from monai_liver.inference.model import LoadedModel
+    from monai_liver.inference.predictor import Predictor
+
+    hu = np.full((48, 48, 6), -1000.0, np.float32)  # air
+    hu[4:44, 4:44] = 100.0  # liver
+    hu[28:38, 28:38] = 10.0  # a gallbladder
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    names = ("cyst", "hemangioma", "metastasis")
+    common = dict(image_size=32, window=(-100.0, 400.0))
+    localiser = LoadedModel(_DarkLesions(3, -1.0).eval(), "lits_pretrain", names, roi_margin=-1, **common)  # all liver
+    joint = LoadedModel(_DarkLesions(5, 0.3).eval(), "joint", names, roi_margin=4, **common)  # sure: 0.99
+    gate = LoadedModel(_DarkLesions(3, 0.3, dark=0).eval(), "lits_pretrain", names, roi_margin=4, **common)
+
+    trimmed = Predictor(joint, localiser=localiser, lesion_gate=gate)(hu, affine)
+    assert trimmed.liver[10, 10, 2] and not trimmed.liver[33, 33, 2] and not trimmed.lesion.any()
+    kept = Predictor(joint, localiser=localiser, lesion_gate=gate, refine_liver=False)(hu, affine)
+    assert kept.liver[33, 33, 2] and kept.lesion[33, 33, 2]
+    given = Predictor(joint, localiser=localiser, lesion_gate=gate)(hu, affine, hu > 0)
+    assert given.lesion[33, 33, 2]
 
 
 class _LeftHalfLesion(torch.nn.Module):

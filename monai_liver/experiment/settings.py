@@ -132,8 +132,8 @@ def _check_choice(what: str, given: Sequence[str], known: Sequence[str]) -> None
 #: the epochs per second (benchmarks/bench_learning.py, README); batch 8 at lr 5e-3 with a cosine
 #: schedule learnt more per second than batch 16 at 2e-3.
 QUICK = ExperimentSettings(
-    preset="quick", folds=2, epochs=20, lits_epochs=16, localiser_epochs=16, localiser_image_size=96, image_size=64,
-    batch_size=8, max_slices=0, learning_rate=0.005, backbone="basicunet-small", num_workers=0, lits_volumes=6,
+    preset="quick", folds=2, epochs=20, lits_epochs=7, localiser_epochs=7, localiser_image_size=96, image_size=64,
+    batch_size=8, max_slices=0, learning_rate=0.005, backbone="basicunet-small", num_workers=0, lits_volumes=12,
     lits_shape=(160, 160, 48), isolation="inprocess", val_interval=5,
 )
 #: ``--full``: the paper's scale (all 332 slices, 5 folds, 256 px) for a GPU.
