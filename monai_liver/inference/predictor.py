@@ -30,7 +30,7 @@ Used by ``monai-liver infer``, the MONAI Label app and the export parity test. F
    probability of 0.52-0.68 (one of 3 voxels 0.82), its true ones on the typed study 0.60-0.95, most
    above 0.75 (README, "A model you can run on a new scan"). The other way round, a lesion of the gate
    that stage 2 did not mark stays when the gate is sure of it (mean gate lesion probability over its
-   component at least ``sure_gate``, :data:`SURE_GATE`): on the demo's held-out volume-5 stage 2 missed
+   component at least ``sure_gate``, :data:`SURE_GATE`): on an earlier demo's held-out volume-5 stage 2 missed
    the largest lesion (754 voxels, its lesion probability at most 0.40 there) which the gate found
    (mean 0.83); with 0.85 that volume's lesion Dice went from 0.02 to 0.65 with no new false lesion,
    and on six independent LiTS-like volumes (seed 1, seen by no model) nothing changed, while 0.8 and
