@@ -221,8 +221,9 @@ def test_the_gate_trims_the_liver_of_stage_1_not_a_given_one():
 
     trimmed = Predictor(joint, localiser=localiser, lesion_gate=gate)(hu, affine)
     assert trimmed.liver[10, 10, 2] and not trimmed.liver[33, 33, 2] and not trimmed.lesion.any()
+    assert trimmed.liver_source.endswith("trimmed by the lesion gate")
     kept = Predictor(joint, localiser=localiser, lesion_gate=gate, refine_liver=False)(hu, affine)
-    assert kept.liver[33, 33, 2] and kept.lesion[33, 33, 2]
+    assert kept.liver[33, 33, 2] and kept.lesion[33, 33, 2] and "trimmed" not in kept.liver_source
     given = Predictor(joint, localiser=localiser, lesion_gate=gate)(hu, affine, hu > 0)
     assert given.lesion[33, 33, 2]
 

@@ -300,6 +300,7 @@ class Predictor:
             outside[:, :, ks] = gate[:, :, ks] == 0
             label[outside] = 0
             label[~_largest_component(label >= 1)] = 0
+            pred.liver_source += "; trimmed by the lesion gate"
         else:
             gate[:, :, ks] = np.maximum(gate[:, :, ks], 1)
         gate[label == 0] = 0
