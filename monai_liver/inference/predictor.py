@@ -275,15 +275,17 @@ class Predictor:
         # the liver is stage 1's (or the given mask); stage 2 says where its lesions are
         label[:] = np.where(liver & (hu > BODY_HU), np.maximum(label, 1), 0)
         voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine)[:3, :3])))
-        _drop_small_lesions(label, self.min_lesion_mm3 / max(voxel_mm3, 1e-9))
+        min_voxels = self.min_lesion_mm3 / max(voxel_mm3, 1e-9)
+        _drop_small_lesions(label, min_voxels)
         if gated:
-            self._gate(hu, liver, ks, label, pred, voxel_mm3, lesion_prob, refine_liver=self.refine_liver and source != "given")
+            self._gate(hu, liver, ks, label, pred, min_voxels, lesion_prob, refine_liver=self.refine_liver and source != "given")
+            _drop_small_lesions(label, min_voxels)  # pieces of a lesion that the trim cut
         pred.liver[:] = label >= 1
         pred.lesion[:] = label >= 2
         return pred
 
     def _gate(self, hu: np.ndarray, liver: np.ndarray, ks: list[int], label: np.ndarray, pred: VolumePrediction,
-              voxel_mm3: float, lesion_prob: dict[int, np.ndarray], refine_liver: bool = False) -> None:
+              min_voxels: float, lesion_prob: dict[int, np.ndarray], refine_liver: bool = False) -> None:
         """Step 4 of the module doc, in place on ``label``: the gate's lesion components that overlap
         stage 2's lesions, and stage 2's lesions it is sure of (``lesion_prob``: slice k -> (X, Y)
         stage-2 lesion probability), become the lesions (type 2 + k from the joint type
@@ -304,7 +306,7 @@ class Predictor:
         else:
             gate[:, :, ks] = np.maximum(gate[:, :, ks], 1)
         gate[label == 0] = 0
-        _drop_small_lesions(gate, self.min_lesion_mm3 / max(voxel_mm3, 1e-9))
+        _drop_small_lesions(gate, min_voxels)
         connect = np.ones((3, 3, 3), bool)
         comps, m = ndimage.label(gate >= 2, structure=connect)
         kept = np.isin(comps, np.unique(comps[(label >= 2) & (comps > 0)]))
