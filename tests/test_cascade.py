@@ -67,6 +67,9 @@ def test_package_is_self_describing(package):
     assert info["localiser"]["strategy"] == "lits_pretrain" and info["localiser"]["roi_margin"] == -1
     assert read_settings(package)["backbone"] == "basicunet"
     m = load_model(package, device="cpu")  # no size, no bundle: the package says it all
+    from monai_liver.inference.infer import load_models
+
+    assert load_models(package, device="cpu").trim_liver and not load_models(package, device="cpu", trim_liver=False).trim_liver
     assert (m.image_size, m.class_names, m.roi_margin) == (32, CLASSES, 16)
     with pytest.raises(LiverError, match="trained at image size 32, not 64"):
         load_model(package, device="cpu", image_size=64)
@@ -222,7 +225,7 @@ def test_the_gate_trims_the_liver_of_stage_1_not_a_given_one():
     trimmed = Predictor(joint, localiser=localiser, lesion_gate=gate)(hu, affine)
     assert trimmed.liver[10, 10, 2] and not trimmed.liver[33, 33, 2] and not trimmed.lesion.any()
     assert trimmed.liver_source.endswith("trimmed by the lesion gate")
-    kept = Predictor(joint, localiser=localiser, lesion_gate=gate, refine_liver=False)(hu, affine)
+    kept = Predictor(joint, localiser=localiser, lesion_gate=gate, trim_liver=False)(hu, affine)
     assert kept.liver[33, 33, 2] and kept.lesion[33, 33, 2] and "trimmed" not in kept.liver_source
     given = Predictor(joint, localiser=localiser, lesion_gate=gate)(hu, affine, hu > 0)
     assert given.lesion[33, 33, 2]

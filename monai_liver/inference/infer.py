@@ -222,12 +222,14 @@ def load_models(
     min_lesion_mm3: float | None = None,
     lesion_gate: bool = True,
     flip_average: bool | None = None,
+    trim_liver: bool = True,
 ) -> Predictor:
     """The cascade for ``model`` (package folder, checkpoint or TorchScript; see
     :func:`~monai_liver.inference.model.load_model`) with its liver localiser: ``localiser`` if
     given, else the package's ``liver_model.pt``, else none (the model finds the liver itself); and
     the package's lesion gate (``lesion_model.pt``) unless ``lesion_gate`` is False. ``flip_average``:
-    stage 2 and the gate average over the four flips of each slice (None: :data:`~monai_liver.inference.predictor.FLIP_AVERAGE`)."""
+    stage 2 and the gate average over the four flips of each slice (None: :data:`~monai_liver.inference.predictor.FLIP_AVERAGE`);
+    ``trim_liver``: the gate trims stage 1's liver (:class:`~monai_liver.inference.predictor.Predictor`)."""
     from monai_liver.model_package import lesion_gate_file, package_files
 
     loaded = load_model(model, bundle, device, class_names, image_size)
@@ -247,7 +249,7 @@ def load_models(
 
     return Predictor(loaded, loc, gate, min_liver_mm2=min_liver_mm2,
                      min_lesion_mm3=MIN_LESION_MM3 if min_lesion_mm3 is None else min_lesion_mm3,
-                     flip_average=FLIP_AVERAGE if flip_average is None else flip_average)
+                     flip_average=FLIP_AVERAGE if flip_average is None else flip_average, trim_liver=trim_liver)
 
 
 def _check_out(out: Path, input: Path) -> None:
@@ -308,6 +310,7 @@ def infer(
     min_lesion_mm3: float | None = None,
     lesion_gate: bool = True,
     flip_average: bool | None = None,
+    trim_liver: bool = True,
 ) -> dict:
     """Run the pipeline of the module doc on ``input``; write the outputs to ``out``; return the
     content of ``result.json``. ``loaded`` reuses a :class:`Predictor` from :func:`load_models` (or a
@@ -325,7 +328,7 @@ def infer(
         raise LiverError(f"{input}: --dicom-seg needs a DICOM input (a DICOM file or series folder)")
     if loaded is None:
         predictor = load_models(model, bundle, localiser, device, class_names, image_size, min_liver_mm2, min_lesion_mm3,
-                                lesion_gate, flip_average)
+                                lesion_gate, flip_average, trim_liver)
     elif isinstance(loaded, Predictor):
         predictor = loaded
     else:
@@ -423,6 +426,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "without the package's lesion gate (lesion_model.pt)")
     parser.add_argument("--no-flip-average", action="store_true", help="one network pass per slice instead of the "
                         "mean over its four flips (stage 2 and the lesion gate; a quarter of their network passes)")
+    parser.add_argument("--no-liver-trim", action="store_true", help="3D: keep stage 1's liver whole (by default the "
+                        "lesion gate trims what it calls background from it; a given --liver is never trimmed)")
     parser.add_argument("--no-overlays", action="store_true", help="no PNG per lesion slice")
     parser.add_argument("--classes", nargs="+", help="lesion class names (only for a model that does not record them)")
     parser.add_argument("--image-size", type=int, help="network input size (only for a model that does not record it; contradicting the model is an error)")
@@ -434,7 +439,7 @@ def main(args: argparse.Namespace) -> int:
                 device=args.device, min_liver_mm2=args.min_liver_mm2, overlays=not args.no_overlays,
                 image_size=args.image_size, class_names=args.classes, localiser=args.localiser,
                 min_lesion_mm3=args.min_lesion_mm3, lesion_gate=not args.no_lesion_gate,
-                flip_average=not args.no_flip_average)
+                flip_average=not args.no_flip_average, trim_liver=not args.no_liver_trim)
     print(f"{args.input}: {res['slices_processed']} slice(s) processed, {len(res['lesions'])} lesion(s)")
     for d in res["lesions"][:20]:
         cls = f" {d['class']} ({max(d['class_probabilities'].values()):.2f})" if "class" in d else ""

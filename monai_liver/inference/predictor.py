@@ -36,7 +36,7 @@ Used by ``monai-liver infer``, the MONAI Label app and the export parity test. F
    and on six independent LiTS-like volumes (seed 1, seen by no model) nothing changed, while 0.8 and
    0.7 added false lesions there and on the typed study (README). A 2D image is not gated: it is the
    typed slices' own domain. When stage 1 found the liver (not a given mask), the gate also trims it
-   (``refine_liver``): a voxel of a processed slice that the gate calls background leaves the liver,
+   (``trim_liver``): a voxel of a processed slice that the gate calls background leaves the liver,
    then the largest 3D component is kept. Why: the whole-slice localiser at 96 px took fluid-filled
    bowel beside the liver (8-29 HU) for liver, and stage 2, sure of it, for cysts: on the demo's six
    fresh volumes seven of the eight false lesions lay outside the reference liver. The gate sees
@@ -216,7 +216,7 @@ class Predictor:
         batch: slices per network call.
         flip_average: stage 2 and the gate average their probabilities over the four flips of each
             slice (:data:`FLIP_AVERAGE`; the localiser does not).
-        refine_liver: the gate trims stage 1's liver to what it calls liver or lesion (module doc,
+        trim_liver: the gate trims stage 1's liver to what it calls liver or lesion (module doc,
             step 4; never a given liver).
     """
 
@@ -229,7 +229,7 @@ class Predictor:
     min_lesion_mm3: float = MIN_LESION_MM3
     batch: int = 16
     flip_average: bool = FLIP_AVERAGE
-    refine_liver: bool = True
+    trim_liver: bool = True
 
     def find_liver(self, hu: np.ndarray) -> tuple[np.ndarray, str]:
         """Stage 1: liver mask (X, Y, Z) bool and a sentence saying how it was found."""
@@ -278,14 +278,14 @@ class Predictor:
         min_voxels = self.min_lesion_mm3 / max(voxel_mm3, 1e-9)
         _drop_small_lesions(label, min_voxels)
         if gated:
-            self._gate(hu, liver, ks, label, pred, min_voxels, lesion_prob, refine_liver=self.refine_liver and source != "given")
+            self._gate(hu, liver, ks, label, pred, min_voxels, lesion_prob, trim_liver=self.trim_liver and source != "given")
             _drop_small_lesions(label, min_voxels)  # pieces of a lesion that the trim cut
         pred.liver[:] = label >= 1
         pred.lesion[:] = label >= 2
         return pred
 
     def _gate(self, hu: np.ndarray, liver: np.ndarray, ks: list[int], label: np.ndarray, pred: VolumePrediction,
-              min_voxels: float, lesion_prob: dict[int, np.ndarray], refine_liver: bool = False) -> None:
+              min_voxels: float, lesion_prob: dict[int, np.ndarray], trim_liver: bool = False) -> None:
         """Step 4 of the module doc, in place on ``label``: the gate's lesion components that overlap
         stage 2's lesions, and stage 2's lesions it is sure of (``lesion_prob``: slice k -> (X, Y)
         stage-2 lesion probability), become the lesions (type 2 + k from the joint type
@@ -297,7 +297,7 @@ class Predictor:
         for k, (prob, _) in zip(ks, predict_slices(self.lesion_gate, hu, liver, ks, self.batch, self.flip_average)):
             gate[:, :, k] = prob.argmax(0)
             gate_prob[k] = prob[2].astype(np.float16)
-        if refine_liver:
+        if trim_liver:
             outside = np.zeros(label.shape, bool)
             outside[:, :, ks] = gate[:, :, ks] == 0
             label[outside] = 0
