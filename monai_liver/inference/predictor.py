@@ -303,8 +303,6 @@ class Predictor:
             label[outside] = 0
             label[~_largest_component(label >= 1)] = 0
             pred.liver_source += "; trimmed by the lesion gate"
-        else:
-            gate[:, :, ks] = np.maximum(gate[:, :, ks], 1)
         gate[label == 0] = 0
         _drop_small_lesions(gate, min_voxels)
         connect = np.ones((3, 3, 3), bool)
