@@ -186,3 +186,14 @@ def test_rows_that_disagree_with_their_run_are_marked_inconsistent(tmp_path):
     res = pd.read_csv(tmp_path / "results.csv").set_index(["strategy", "init"])
     assert res.loc[("joint", "lits"), "status"] == "done"
     assert res.loc[("joint", "scratch"), "status"] == "inconsistent: fold 0: lesion Dice 0.6 in per_slice.csv, 0.75 in metrics.json"
+
+
+def test_settings_line_gives_the_pretraining_per_slice_and_per_case():
+    exp = {"backbone": "basicunet-small", "image_size": 64, "epochs": 20, "batch_size": 8, "learning_rate": 0.005,
+           "lits_epochs": 7}
+    line = agg.settings_line(exp, {"val_dice": 0.497, "val_liver_dice": 0.877, "case_liver_dice": 0.958,
+                                   "case_lesion_dice": 0.73, "cases": 3, "lesion_cases": 3})
+    assert line == ("All rows: backbone basicunet-small, 64 px, 20 epochs, batch 8, lr 0.005. LiTS pretraining (7 epochs), "
+                    "held-out LiTS fold 0: liver Dice 0.88, lesion Dice 0.50 per slice; per volume (LiTS's Dice per case, "
+                    "3 volumes): liver Dice 0.96, lesion Dice 0.73.")
+    assert agg.settings_line(exp, {"val_dice": 0.5, "val_liver_dice": 0.9}).endswith("lesion Dice 0.50 per slice.")

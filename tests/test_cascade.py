@@ -320,6 +320,40 @@ def test_typed_study_stacks_typed_slices_and_scores_the_types(package, tmp_path)
         make_typed_study(datalist, 7, tmp_path / "none")
 
 
+def test_reference_roi_dice_per_slice_and_per_case(volume, tmp_path):
+    """``reference_roi_dice`` scores a lits_pretrain network on the input it was trained on: a model
+    of whole slices on every slice (one that says "liver" everywhere: liver Dice per case exactly
+    2|L| / (|volume| + |L|)), a model of liver crops only inside the reference liver's ROI; per
+    slice and per case (LiTS's Dice per case), averaged over volumes by ``case_means``."""
+    from monai_liver.inference.volume_check import case_means, case_text, reference_roi_dice
+
+    image = volume[0]
+    label = image.with_name(image.name.replace("volume-", "segmentation-"))
+    ref = np.asanyarray(nib.load(str(label)).dataobj)
+    liver = ref >= 1
+    whole = load_model(_constant_model(tmp_path / "loc.pt", "lits_pretrain", 1, image_size=32, roi_margin=-1), device="cpu")
+    s = reference_roi_dice(whole, image, label)
+    assert s["liver_case"] == pytest.approx(2 * liver.sum() / (liver.size + liver.sum()))
+    per_slice = [2 * liver[:, :, k].sum() / (liver[:, :, k].size + liver[:, :, k].sum())
+                 for k in range(liver.shape[2]) if liver[:, :, k].any()]
+    assert s["liver_slices"] == pytest.approx(per_slice)
+    assert s["lesion_case"] == 0.0 and len(s["lesion_slices"]) == int((ref >= 2).any(axis=(0, 1)).sum()) > 0
+
+    crop = load_model(_constant_model(tmp_path / "gate.pt", "lits_pretrain", 2, image_size=32), device="cpu")
+    c = reference_roi_dice(crop, image, label)  # "lesion" on every pixel of the liver ROI: also liver
+    assert s["liver_case"] < c["liver_case"] < 1 and 0 < c["lesion_case"] < 1
+    assert np.mean(c["lesion_slices"]) > 0
+
+    lesion_free = tmp_path / "segmentation-free.nii.gz"
+    nib.save(nib.Nifti1Image(np.minimum(ref, 1).astype(np.uint8), nib.load(str(label)).affine), str(lesion_free))
+    f = reference_roi_dice(crop, image, lesion_free)
+    assert f["lesion_case"] is None and f["lesion_slices"] == []
+    means = case_means([c, f])
+    assert means == {"case_liver_dice": pytest.approx((c["liver_case"] + f["liver_case"]) / 2),
+                     "case_lesion_dice": pytest.approx(c["lesion_case"]), "cases": 2, "lesion_cases": 1}
+    assert case_text(means).endswith("(2 volumes, 1 with a lesion)")
+
+
 def test_fresh_volumes_check_pools_the_figures(tmp_path):
     """``check_fresh_volumes`` (the demo's end-to-end check on LiTS-like phantoms made with seed + 1):
     ``infer`` on each, figures pooled over the volumes and written, and the lesion gate scored in 2D
@@ -340,4 +374,5 @@ def test_fresh_volumes_check_pools_the_figures(tmp_path):
     assert pooled["liver_dice"] == pytest.approx(np.mean([f["liver_dice"] for f in written["volumes"]]))
     two_d = pooled["lits_pretrain_2d"]
     assert two_d["liver_slices"] > 0 and two_d["liver_dice"] > 0 and two_d["lesion_slices"] > 0 and two_d["lesion_dice"] == 0
+    assert two_d["cases"] == 2 and 0 < two_d["case_liver_dice"] < 1 and two_d["case_lesion_dice"] == 0
     assert "2 fresh LiTS-like volumes (seed 1, made now" in lines[0] and lines[1].startswith("   lits_pretrain")

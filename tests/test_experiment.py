@@ -94,6 +94,13 @@ def test_experiment_kill_resume(data, tmp_path):
     done = Counter(tuple(e[1:]) for e in events if e[0] == "done")
     assert len(done) == len(final) + 2 and set(done.values()) == {1}
     assert done[("lits_pretrain", "scratch", "fold0")] == 1 and done[("liver_localiser", "scratch", "fold0")] == 1
+    # the pretrainings' held-out figures: per slice (the bundle's validation) and per volume of fold 0
+    lits = json.loads(Path(data["lits"]).read_text())
+    held_out = [it for it in lits["training"] if it["fold"] == 0]
+    for name in ("lits_pretrain", "liver_localiser"):
+        m = json.loads((out / "pretrain" / name / "metrics.json").read_text())
+        assert {"val_dice", "val_liver_dice"} <= set(m) and m["cases"] == len(held_out) > 0, m
+        assert 0 <= m["case_liver_dice"] <= 1
 
     # a model package per segmenting row, with the liver localiser (whole slices) and the settings
     from monai_liver.model_package import read_settings

@@ -489,7 +489,12 @@ def settings_line(experiment: dict, pretrain: dict | None = None) -> str:
     text = "All rows: " + ", ".join(parts) + "." if parts else ""
     if pretrain and pretrain.get("val_dice") is not None:
         text += (f" LiTS pretraining ({experiment.get('lits_epochs', '?')} epochs), held-out LiTS fold 0: "
-                 f"liver Dice {pretrain.get('val_liver_dice', float('nan')):.2f}, lesion Dice {pretrain['val_dice']:.2f}.")
+                 f"liver Dice {pretrain.get('val_liver_dice', float('nan')):.2f}, lesion Dice {pretrain['val_dice']:.2f} per slice")
+        if pretrain.get("case_liver_dice") is not None:
+            lesion = pretrain.get("case_lesion_dice")
+            text += (f"; per volume (LiTS's Dice per case, {pretrain.get('cases')} volumes): liver Dice "
+                     f"{pretrain['case_liver_dice']:.2f}, lesion Dice " + ("-" if lesion is None else f"{lesion:.2f}"))
+        text += "."
     return text.strip()
 
 

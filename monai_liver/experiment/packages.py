@@ -126,20 +126,21 @@ def check_fresh_volumes(out: str | Path, package: str | Path, predictor, shape, 
     import numpy as np
 
     from monai_liver.data.phantoms import make_lits_phantoms
-    from monai_liver.inference.volume_check import check_volume
+    from monai_liver.inference.volume_check import case_means, case_text, check_volume, reference_roi_dice
 
     target = Path(out) / "check" / "fresh"
     volumes = make_lits_phantoms(target / "data", n_volumes=n_volumes, shape=tuple(shape), seed=seed + 1)
-    per_volume, lesion_dice, liver_dice = [], [], []
+    per_volume, lesion_dice, liver_dice, gate_cases = [], [], [], []
     for image in volumes:
         label = image.with_name(image.name.replace("volume-", "segmentation-"))
         f = check_volume(predictor, image, label, target / image.name.split(".")[0],
                          image.with_name(image.name.replace("volume-", "lesiontypes-")))
         per_volume.append(f)
         if predictor.lesion_gate is not None:
-            liver, lesion = _slice_dice_on_reference_roi(predictor.lesion_gate, image, label, predictor.batch)
-            liver_dice += liver
-            lesion_dice += lesion
+            gate = reference_roi_dice(predictor.lesion_gate, image, label, predictor.batch)
+            liver_dice += gate["liver_slices"]
+            lesion_dice += gate["lesion_slices"]
+            gate_cases.append(gate)
     with_lesions = [f for f in per_volume if f["reference_lesions"]]
     typed = sum(f["typed_lesions"] for f in per_volume)
     pooled = {
@@ -151,7 +152,8 @@ def check_fresh_volumes(out: str | Path, package: str | Path, predictor, shape, 
         "type_accuracy": (sum(f["type_accuracy"] * f["typed_lesions"] for f in per_volume if f["typed_lesions"]) / typed
                           if typed else None),
         "lits_pretrain_2d": {"lesion_dice": float(np.mean(lesion_dice)) if lesion_dice else None, "lesion_slices": len(lesion_dice),
-                             "liver_dice": float(np.mean(liver_dice)) if liver_dice else None, "liver_slices": len(liver_dice)},
+                             "liver_dice": float(np.mean(liver_dice)) if liver_dice else None, "liver_slices": len(liver_dice),
+                             **case_means(gate_cases)},
     }
     pooled["detection_recall"] = pooled["detected"] / pooled["reference_lesions"] if pooled["reference_lesions"] else None
     (target / "figures.json").write_text(json.dumps({"pooled": pooled, "volumes": per_volume}, indent=1))
@@ -162,27 +164,9 @@ def check_fresh_volumes(out: str | Path, package: str | Path, predictor, shape, 
     if two_d["liver_dice"] is not None:
         log(f"   lits_pretrain (the lesion gate) on their liver slices, 2D: liver Dice {two_d['liver_dice']:.3f} "
             f"({two_d['liver_slices']} slices), lesion Dice "
-            + ("-" if two_d["lesion_dice"] is None else f"{two_d['lesion_dice']:.3f} ({two_d['lesion_slices']} slices with a lesion)"))
+            + ("-" if two_d["lesion_dice"] is None else f"{two_d['lesion_dice']:.3f} ({two_d['lesion_slices']} slices with a lesion)")
+            + f"; per case: {case_text(two_d)}")
     return pooled
-
-
-def _slice_dice_on_reference_roi(model, image: Path, label: Path, batch: int) -> tuple[list[float], list[float]]:
-    """``model`` (a lits_pretrain network) on every liver slice of ``image``, cropped to the reference
-    liver of ``label`` (0, 1 liver, 2 lesion) as it was trained: per-slice liver Dice (every liver slice)
-    and lesion Dice (slices with a lesion), on the slice grid."""
-    from monai_liver.data.io import load_ct, load_mask
-    from monai_liver.engine.metrics import dice_score
-    from monai_liver.inference.predictor import predict_slices
-
-    hu, affine = load_ct(image)
-    ref = load_mask(label, reference_affine=affine, reference_shape=hu.shape)
-    ks = [k for k in range(hu.shape[2]) if (ref[:, :, k] >= 1).any()]
-    liver, lesion = [], []
-    for k, (prob, _) in zip(ks, predict_slices(model, hu, ref >= 1, ks, batch)):
-        liver.append(dice_score(prob.argmax(0) >= 1, ref[:, :, k] >= 1))
-        if (ref[:, :, k] >= 2).any():
-            lesion.append(dice_score(prob.argmax(0) >= 2, ref[:, :, k] >= 2))
-    return liver, lesion
 
 
 def check_typed_study(out: str | Path, package: str | Path, predictor, per_class: int = 8, log=print) -> dict | None:

@@ -25,7 +25,7 @@ from monai_liver.experiment.mlflow_parent import EXPERIMENT_NAME, ParentRun
 from monai_liver.experiment.settings import ExperimentSettings
 from monai_liver.locks import exclusive_lock
 
-__all__ = ["RunSpec", "execute_run", "plan_runs", "pretrain_metrics"]
+__all__ = ["RunSpec", "execute_run", "held_out_cases", "plan_runs", "pretrain_metrics"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,8 @@ def _figures(spec: RunSpec) -> dict:
         m = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    keys = {"val_liver_dice": "liver Dice", "val_dice": "lesion Dice"} if spec.pretrain_key else \
+    keys = {"val_liver_dice": "liver Dice", "val_dice": "lesion Dice", "case_liver_dice": "per case: liver Dice",
+            "case_lesion_dice": "lesion Dice"} if spec.pretrain_key else \
         {"acc": "acc", "dice": "Dice", "recall": "recall"}
     return {name: float(m[k]) for k, name in keys.items() if isinstance(m.get(k), (int, float)) and m[k] == m[k]}
 
@@ -170,7 +171,7 @@ def execute_run(spec: RunSpec, tracker: ParentRun | None = None, node: str = "")
                 from monai_liver.engine.tracking import run_name
 
                 tracker.attach_child(run_name(s, init, k), None, {"stage": "pretrain"})
-            held_out = pretrain_metrics(run_dir, spec.pretrain_key)
+            held_out = pretrain_metrics(run_dir, spec.pretrain_key) | held_out_cases(run_dir / "model.pt", o["datalist"], k)
             write_text(run_dir / "metrics.json", json.dumps(held_out, indent=2) + "\n")
             done = {}
         else:
@@ -208,3 +209,22 @@ def pretrain_metrics(run_dir: Path, key: str = "val_dice") -> dict:
     best = max(rows, key=lambda r: float(r[key]))
     return {k: (int(v) if k == "epoch" else float(v)) for k, v in best.items()
             if k in ("epoch", "val_dice", "val_recall", "val_liver_dice") and v not in ("", None)}
+
+
+def held_out_cases(model: Path, datalist: str | Path, fold: int) -> dict:
+    """A pretraining's (``model``: lits_pretrain or the liver localiser) figures per volume of the
+    ``fold`` of ``datalist`` it held out, on the input it was trained on
+    (:func:`monai_liver.inference.volume_check.reference_roi_dice`), averaged
+    (:func:`~monai_liver.inference.volume_check.case_means`: ``case_liver_dice``, ``case_lesion_dice``,
+    ``cases``, ``lesion_cases``): LiTS's "Dice per case", beside the bundle's per-slice validation."""
+    import torch
+
+    from monai_liver.data.datalist import read_datalist
+    from monai_liver.inference.model import load_model
+    from monai_liver.inference.volume_check import case_means, reference_roi_dice
+
+    content = read_datalist(datalist)
+    root = Path(content["dataset_dir"])
+    net = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu")
+    return case_means([reference_roi_dice(net, root / it["image"], root / it["label"])
+                       for it in content["training"] if int(it.get("fold", -1)) == int(fold) and it.get("label")])

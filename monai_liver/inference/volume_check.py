@@ -9,6 +9,8 @@ phantoms: 0, or 1 + k for type k), the figures on the input grid are:
   predicted lesion, over all reference lesions; and the predicted lesions that overlap none;
 - per-lesion type accuracy: over detected reference lesions with a known type, the share whose
   type (the most frequent label of ``lesion.nii.gz`` over the overlap) is the reference type.
+
+:func:`reference_roi_dice` scores a ``lits_pretrain`` network alone, on the input it was trained on.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["check_volume"]
+__all__ = ["case_means", "case_text", "check_volume", "reference_roi_dice"]
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -80,3 +82,54 @@ def check_volume(predictor, volume: str | Path, segmentation: str | Path, out: s
 
     write_text(out / "check.json", json.dumps(figures, indent=2))
     return figures
+
+
+def reference_roi_dice(model, image: str | Path, label: str | Path, batch: int = 16) -> dict:
+    """``model`` (a loaded ``lits_pretrain`` network: background, liver, lesion) on ``image`` as it was
+    trained and validated: a model of liver crops (``roi_margin`` >= 0) on every liver slice cropped to
+    the reference liver of ``label`` (0, 1 liver, 2 lesion), a model of whole slices (the liver
+    localiser) on every slice. Scored on the input grid:
+
+    - ``liver_slices``, ``lesion_slices``: Dice per liver slice and per slice with a lesion (the
+      definition of the bundle's validation: small liver tips at the ends of the liver weigh as
+      much as its middle);
+    - ``liver_case``, ``lesion_case``: Dice over the whole volume (LiTS's "Dice per case");
+      ``lesion_case`` is None when the reference has no lesion.
+    """
+    from monai_liver.data.io import load_ct, load_mask
+    from monai_liver.inference.predictor import predict_slices
+
+    hu, affine = load_ct(image)
+    ref = load_mask(label, reference_affine=affine, reference_shape=hu.shape)
+    crops = model.roi_margin >= 0
+    ks = [k for k in range(hu.shape[2]) if not crops or (ref[:, :, k] >= 1).any()]
+    pred = np.zeros(hu.shape, np.uint8)
+    for k, (prob, _) in zip(ks, predict_slices(model, hu, ref >= 1 if crops else None, ks, batch)):
+        pred[:, :, k] = prob.argmax(0)
+    liver, lesion = [], []
+    for k in ks:
+        if (ref[:, :, k] >= 1).any():
+            liver.append(_dice(pred[:, :, k] >= 1, ref[:, :, k] >= 1))
+        if (ref[:, :, k] >= 2).any():
+            lesion.append(_dice(pred[:, :, k] >= 2, ref[:, :, k] >= 2))
+    return {"liver_slices": liver, "lesion_slices": lesion, "liver_case": _dice(pred >= 1, ref >= 1),
+            "lesion_case": _dice(pred >= 2, ref >= 2) if (ref >= 2).any() else None}
+
+
+def case_means(scores: list[dict]) -> dict:
+    """Means over volumes of :func:`reference_roi_dice` results: ``case_liver_dice`` (every volume),
+    ``case_lesion_dice`` (the volumes with a reference lesion), ``cases``, ``lesion_cases``; the
+    means are None over no volume."""
+    lesion = [s["lesion_case"] for s in scores if s["lesion_case"] is not None]
+    return {"case_liver_dice": float(np.mean([s["liver_case"] for s in scores])) if scores else None,
+            "case_lesion_dice": float(np.mean(lesion)) if lesion else None,
+            "cases": len(scores), "lesion_cases": len(lesion)}
+
+
+def case_text(figures: dict) -> str:
+    """``"liver Dice 0.958, lesion Dice 0.730 (3 volumes, 3 with a lesion)"`` from :func:`case_means`."""
+    def num(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    return (f"liver Dice {num(figures.get('case_liver_dice'))}, lesion Dice {num(figures.get('case_lesion_dice'))} "
+            f"({figures.get('cases', 0)} volumes, {figures.get('lesion_cases', 0)} with a lesion)")
