@@ -19,7 +19,8 @@ joint          types         no          yes         val_dice_acc    0
 
 ``segmentation``: ``"none"``; ``"lesion"``: background, liver, lesion (3 channels); ``"types"``:
 background, liver, one channel per lesion type (the lesion mask is their union, the slice class the
-vote of the lesion pixels).
+vote of the lesion pixels). The classification baseline alone sees only the liver of its ROI
+(``liver_only_input``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Strategy:
         network: ``"module:Class"``; the class takes any of the keywords of :meth:`build` and maps
             ``(B, C, H, W)`` to ``{"seg": logits or None, "cls": logits or None}``.
         paper_row: a row of the paper's table (False for the LiTS pretraining).
+        liver_only_input: the network sees only the liver of its ROI, the rest of the crop set to
+            the liver's median (:class:`monai_liver.transforms.FillOutsideLiverd`): the
+            classification baseline, which has no pixel labels to tell it where to look.
     """
 
     name: str
@@ -58,6 +62,7 @@ class Strategy:
     cls_weight: float
     network: str
     paper_row: bool = True
+    liver_only_input: bool = False
 
     def __post_init__(self) -> None:
         if self.segmentation not in _SEGMENTATIONS:
@@ -139,7 +144,7 @@ def paper_strategies() -> tuple[str, ...]:
 register(Strategy("lits_pretrain", "LiTS pretraining", "lesion", False, "val_dice", 0.0,
                   "monai_liver.networks.seg_baseline:SegBaseline", paper_row=False))
 register(Strategy("cls_baseline", "Classification baseline", "none", True, "val_acc", 1.0,
-                  "monai_liver.networks.cls_baseline:ClsBaseline"))
+                  "monai_liver.networks.cls_baseline:ClsBaseline", liver_only_input=True))
 register(Strategy("seg_baseline", "Segmentation baseline", "lesion", False, "val_dice", 0.0,
                   "monai_liver.networks.seg_baseline:SegBaseline"))
 register(Strategy("ynet", "Multi-task (Y-Net)", "lesion", True, "val_dice_acc", 0.5,

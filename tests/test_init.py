@@ -198,6 +198,33 @@ def test_lits_accepts_a_plain_state_dict_and_cls_baseline_takes_the_encoder(tmp_
     assert counts["skipped"] == n_unused > 0 and counts["reinitialised"] == 2
 
 
+def test_lits_into_the_batchnorm_encoder_of_a_basicunet_cls_baseline(tmp_path):
+    """The classification baseline's basicunet encoder normalises by batch, lits_pretrain's by
+    instance: the convolutions load, each BatchNorm keeps its fresh initialisation (weight 1, bias 0,
+    no statistics) while the instance norm's weights differ."""
+    lits = build_network("lits_pretrain", backbone="basicunet-small")
+    sd = lits.state_dict()
+    path = tmp_path / "lits.pt"
+    torch.save({"model": sd}, path)
+    net = build_network("cls_baseline", backbone="basicunet-small")
+    norms = [n for n, m in net.encoder.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(isinstance(m, torch.nn.BatchNorm2d) for m in lits.modules())
+    with torch.no_grad():  # a trained instance norm: its scale is not 1
+        for k in sd:
+            if k.endswith(".weight") and sd[k].ndim == 1:
+                sd[k].fill_(3.0)
+    torch.save({"model": sd}, path)
+    counts = initialise(net, "lits", lits_checkpoint=path)
+    state = net.state_dict()
+    convs = [k for k in state if k.startswith("encoder.") and k.endswith(".conv.weight")]
+    assert convs and all(torch.equal(state[k], sd[k]) for k in convs)
+    for n in norms:
+        bn = net.encoder.get_submodule(n)
+        assert bool((bn.weight == 1).all() and (bn.bias == 0).all() and (bn.running_var == 1).all())
+    loaded = [k for k in state if k.startswith("encoder.") and k in sd and not k.startswith(tuple(f"encoder.{n}." for n in norms))]
+    assert counts["loaded"] == len(loaded) > len(convs) - 1
+
+
 def test_lits_wrong_architecture_is_refused(tmp_path):
     other = build_network("cls_baseline", backbone="efficientnet-b1")
     path = tmp_path / "b1.pt"

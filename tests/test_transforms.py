@@ -98,6 +98,23 @@ def test_crop_keeps_the_liver(tmp_path: Path):
     assert out["image"].shape == (1, S, S) and int(out["seg"].max()) == 0
 
 
+def test_the_classification_baseline_sees_only_the_liver(tmp_path: Path):
+    """cls_baseline's chains (registry ``liver_only_input``) set every pixel outside the liver
+    (background, margin, padding) to the liver's median; the other strategies see the whole ROI."""
+    item = _slice(tmp_path, shape=(96, 60), hu=100.0)  # liver 100 HU, lesion 20 HU, around it air
+    for chain in (eval_transforms("cls_baseline", image_size=S), train_transforms("cls_baseline", image_size=S, augment=False)):
+        out = chain(item)
+        img, liver = out["image"][0], out["seg"][0] >= 1
+        assert (~liver).sum() > 50 and liver.sum() > 50
+        assert torch.equal(img[~liver], torch.full_like(img[~liver], float(img[liver].median())))
+        assert float(img[liver].min()) < float(img[liver].median())  # the lesion stays darker
+    whole = eval_transforms("joint", image_size=S)(item)
+    assert float(whole["image"][0][whole["seg"][0] == 0].min()) == 0.0  # air
+    no_liver = _slice(tmp_path, name="e", liver_box=(0, 0, 0, 0), lesion=0)
+    out = eval_transforms("cls_baseline", image_size=S)(no_liver)
+    assert float(out["image"].max()) == 0.0  # nothing to fill from: the image as it is (air)
+
+
 def test_aspect_ratio_is_kept(tmp_path: Path):
     item = _slice(tmp_path, shape=(40, 20), liver_box=(0, 40, 0, 20), lesion=0)
     seg = eval_transforms("seg_baseline", image_size=S, margin=0)(item)["seg"][0]

@@ -121,9 +121,10 @@ class BasicUNetDecoder(nn.Module):
         return self.upcat_1(self.upcat_2(self.upcat_3(self.upcat_4(x4, x3), x2), x1), x0)
 
 
-def _basic_unet(backbone: str, spatial_dims: int, in_channels: int, out_channels: int) -> BasicUNet:
+def _basic_unet(backbone: str, spatial_dims: int, in_channels: int, out_channels: int, norm: str | None = None) -> BasicUNet:
+    extra = {} if norm is None else {"norm": norm}
     return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=max(1, out_channels),
-                     features=BASIC_UNETS[backbone])
+                     features=BASIC_UNETS[backbone], **extra)
 
 
 def strip_encoder_head(encoder: nn.Module) -> nn.Module:
@@ -135,12 +136,14 @@ def strip_encoder_head(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-def build_encoder(backbone: str = DEFAULT_BACKBONE, spatial_dims: int = 2, in_channels: int = 1) -> nn.Module:
+def build_encoder(backbone: str = DEFAULT_BACKBONE, spatial_dims: int = 2, in_channels: int = 1,
+                  norm: str | None = None) -> nn.Module:
     """The encoder of ``backbone``'s U-Net, on its own: ``(B, in_channels, *S) -> list`` of 5
     feature maps, each half the spatial size of the previous one (the first is S / 2 for
-    FlexibleUNet backbones, S for basicunet)."""
+    FlexibleUNet backbones, S for basicunet). ``norm``: the basicunets' normalisation (MONAI's name,
+    e.g. ``"batch"``; None: BasicUNet's instance norm); the FlexibleUNet encoders keep their BatchNorm."""
     if check_backbone(backbone) in BASIC_UNETS:
-        return BasicUNetEncoder(_basic_unet(backbone, spatial_dims, in_channels, 1))
+        return BasicUNetEncoder(_basic_unet(backbone, spatial_dims, in_channels, 1, norm))
     entry = FLEXUNET_BACKBONE.register_dict[backbone]
     params = dict(entry["parameter"])  # a copy: FlexibleUNet mutates the registry's dict
     params.update({"spatial_dims": spatial_dims, "in_channels": in_channels, "pretrained": False})

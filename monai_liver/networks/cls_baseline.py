@@ -1,4 +1,12 @@
-"""Classification baseline: the U-Net's encoder + global average pooling + dropout + linear."""
+"""Classification baseline: the U-Net's encoder + global average pooling + dropout + linear.
+
+It sees only the liver of its ROI (:class:`monai_liver.transforms.FillOutsideLiverd`), and a
+basicunet encoder here normalises by batch, not by instance: with instance norm before the global
+pooling (and the whole ROI as input) the held-out accuracy stayed at the majority class. Bare loop
+on the demo's typed slices (folds 0 / 1, 64 px, 20 epochs): liver-only input with BatchNorm 0.56 /
+0.65 (seeds 1, 2: 0.60 / 0.65, 0.59 / 0.61); liver-only with instance norm 0.41 / 0.44; BatchNorm on
+the whole ROI 0.37 / 0.36.
+"""
 
 from __future__ import annotations
 
@@ -31,13 +39,14 @@ class ClsBaseline(nn.Module):
         spatial_dims: int = 2,
         in_channels: int = 1,
         dropout: float = 0.2,
+        norm: str | None = "batch",
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.n_classes = n_classes
-        self.encoder = build_encoder(backbone, spatial_dims, in_channels)
+        self.encoder = build_encoder(backbone, spatial_dims, in_channels, norm=norm)
         self.cls_head = ClassificationHead(encoder_channels(backbone)[-1], n_classes, None, dropout, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
