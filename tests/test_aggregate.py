@@ -197,3 +197,15 @@ def test_settings_line_gives_the_pretraining_per_slice_and_per_case():
                     "held-out LiTS fold 0: liver Dice 0.88, lesion Dice 0.50 per slice; per volume (LiTS's Dice per case, "
                     "3 volumes): liver Dice 0.96, lesion Dice 0.73.")
     assert agg.settings_line(exp, {"val_dice": 0.5, "val_liver_dice": 0.9}).endswith("lesion Dice 0.50 per slice.")
+
+
+def test_progress_figures_of_a_pretraining_name_every_figure_once(tmp_path):
+    """The progress line of a pretraining: per-slice and per-case figures, none hiding another."""
+    from monai_liver.experiment.runs import RunSpec, _figures
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_dice": 0.497, "val_liver_dice": 0.877, "case_liver_dice": 0.958,
+                                                       "case_lesion_dice": 0.73, "cases": 3, "lesion_cases": 3}))
+    spec = RunSpec(name="lits_pretrain", out=tmp_path, run_dir=tmp_path, bundle="lits_pretrain", overrides={}, tracking={},
+                   env={}, isolation="inprocess", strategy="lits_pretrain", init="scratch", fold=0, pretrain_key="val_dice")
+    assert _figures(spec) == {"liver Dice": 0.877, "lesion Dice": 0.497, "liver Dice per case": 0.958,
+                              "lesion Dice per case": 0.73}

@@ -131,8 +131,8 @@ def _figures(spec: RunSpec) -> dict:
         m = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    keys = {"val_liver_dice": "liver Dice", "val_dice": "lesion Dice", "case_liver_dice": "per case: liver Dice",
-            "case_lesion_dice": "lesion Dice"} if spec.pretrain_key else \
+    keys = {"val_liver_dice": "liver Dice", "val_dice": "lesion Dice", "case_liver_dice": "liver Dice per case",
+            "case_lesion_dice": "lesion Dice per case"} if spec.pretrain_key else \
         {"acc": "acc", "dice": "Dice", "recall": "recall"}
     return {name: float(m[k]) for k, name in keys.items() if isinstance(m.get(k), (int, float)) and m[k] == m[k]}
 
