@@ -9,6 +9,17 @@ from pathlib import Path
 
 import pytest
 
+#: the modules of the longest tests (1.5-3 min each on 2 cores: a Ray cluster, nnU-Net, experiments
+#: killed and resumed, the learning guards), collected first so that ``make test``'s two xdist
+#: workers start them early and the short tests fill in around them, instead of one worker running
+#: the last long test alone; the order within a module is kept
+LONG_FIRST = ("test_ray_executor.py", "test_peer_nnunet.py", "test_experiment.py", "test_parallel.py", "test_learning.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: module order kept otherwise
+
 
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
