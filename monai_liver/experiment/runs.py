@@ -217,14 +217,12 @@ def held_out_cases(model: Path, datalist: str | Path, fold: int) -> dict:
     (:func:`monai_liver.inference.volume_check.reference_roi_dice`), averaged
     (:func:`~monai_liver.inference.volume_check.case_means`: ``case_liver_dice``, ``case_lesion_dice``,
     ``cases``, ``lesion_cases``): LiTS's "Dice per case", beside the bundle's per-slice validation."""
-    import torch
-
     from monai_liver.data.datalist import read_datalist
     from monai_liver.inference.model import load_model
     from monai_liver.inference.volume_check import case_means, reference_roi_dice
 
     content = read_datalist(datalist)
     root = Path(content["dataset_dir"])
-    net = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu")
+    net = load_model(model)  # its default device: cuda when available
     return case_means([reference_roi_dice(net, root / it["image"], root / it["label"])
                        for it in content["training"] if int(it.get("fold", -1)) == int(fold) and it.get("label")])
