@@ -130,7 +130,11 @@ def _run_inprocess(files: list[str], logging_conf: Path, overrides: dict, log: P
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            # the run's cycles (engine, network, optimiser) go now; what survives is frozen, so that the next
+            # run's collection walks only that run's objects, not the whole interpreter again (torch, MONAI,
+            # MLflow: 0.5 s a collection on 2 CPU cores)
             gc.collect()
+            gc.freeze()
             try:
                 import torch
 
