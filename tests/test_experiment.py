@@ -89,6 +89,10 @@ def test_experiment_kill_resume(data, tmp_path):
     assert all(final[p] == t for p, t in second.items())
     assert "finished before" in res.stdout and "not run again" in res.stdout
 
+    # the preprocessed slices on disk: one folder per transform chain (train and held-out chain of each
+    # strategy and pretraining), shared by the three processes and the runs of every fold and init
+    assert len(list((out / "cache" / "prep").iterdir())) == 2 * (len(STRATEGIES) + 2)
+
     # every run finished exactly once; lits_pretrain and the liver localiser ran to completion once
     events = [ln.split()[2:] for ln in (out / "runs.log").read_text().splitlines()]
     done = Counter(tuple(e[1:]) for e in events if e[0] == "done")

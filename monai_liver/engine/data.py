@@ -2,8 +2,9 @@
 
 The source images (3D LiTS volumes, 2D NIfTI, DICOM) are read once by
 :func:`monai_liver.data.slices.materialise_slices`, which writes every training slice as ``.npy``
-into ``cache_dir``; the dataset then caches the deterministic part of the transform chain in memory
-(MONAI ``CacheDataset``) and runs only the random augmentations per epoch.
+into ``cache_dir``; the bundles' dataset (:class:`~monai_liver.engine.preprocessed_cache.PreprocessedCacheDataset`)
+then keeps the deterministic part of the transform chain on disk beside them (``cache_dir/prep/``, for
+the next run) and in memory (MONAI ``CacheDataset``), and runs only the random augmentations per epoch.
 """
 
 from __future__ import annotations
