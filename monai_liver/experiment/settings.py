@@ -126,7 +126,7 @@ def _check_choice(what: str, given: Sequence[str], known: Sequence[str]) -> None
 
 
 #: ``--quick``: CPU, every strategy x {scratch, lits} x 2 folds (+ the liver localiser) in about 16
-#: minutes on 2 cores, two runs at a time (phantoms). The LiTS pretraining and the localiser see twelve
+#: minutes on 2 cores (950 s measured), two runs at a time (phantoms). The LiTS pretraining and the localiser see twelve
 #: LiTS-like volumes for 7 epochs: on twelve unseen volumes the pretraining's 2D liver / lesion Dice
 #: was 0.93 / 0.38 against 0.87 / 0.32 with six volumes for 16 epochs, in about the same time (README).
 #: It uses MONAI's BasicUNet with half the deep channels (basicunet-small, 16..128 features, instance
