@@ -209,3 +209,26 @@ def test_progress_figures_of_a_pretraining_name_every_figure_once(tmp_path):
                    env={}, isolation="inprocess", strategy="lits_pretrain", init="scratch", fold=0, pretrain_key="val_dice")
     assert _figures(spec) == {"liver Dice": 0.877, "lesion Dice": 0.497, "liver Dice per case": 0.958,
                               "lesion Dice per case": 0.73}
+
+
+def test_held_out_cases_load_the_model_on_the_experiments_device(tmp_path, monkeypatch):
+    """``--device cpu`` holds for the pretrainings' per-case check too (a GPU host must not move it to cuda)."""
+    import monai_liver.inference.model as model_module
+    from monai_liver.experiment.runs import held_out_cases
+
+    datalist = tmp_path / "lits.json"
+    datalist.write_text(json.dumps({"dataset_dir": str(tmp_path), "training": []}))
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_model(model, *a, device=None, **k):
+        asked.append(device)
+        raise Stop
+
+    monkeypatch.setattr(model_module, "load_model", fake_load_model)
+    for device in ("cpu", None):
+        with pytest.raises(Stop):
+            held_out_cases(tmp_path / "model.pt", datalist, 0, device)
+    assert asked == ["cpu", None]

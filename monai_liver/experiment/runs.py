@@ -46,6 +46,7 @@ class RunSpec:
     fold: int
     pretrain_key: str = ""  #: set for a pretraining: the train_log.csv figure that chose its model.pt
     after: tuple[str, ...] = ()  #: names of runs whose output this one reads (the LiTS checkpoint)
+    device: str | None = None  #: the experiment's ``--device`` (None: cuda when available), also for held-out checks
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -83,7 +84,7 @@ def plan_runs(out: Path, s: ExperimentSettings, data: PreparedData, imagenet_fil
         return RunSpec(name=name, out=out, run_dir=run_dir, bundle=bundle,
                        overrides={k: v for k, v in o.items() if k in ids or k in ("bundle_root", "output_dir")},
                        tracking=tracking, env=env, isolation=s.isolation,
-                       strategy=strategy, init=init, fold=fold, pretrain_key=key, after=after)
+                       strategy=strategy, init=init, fold=fold, pretrain_key=key, after=after, device=s.device or None)
 
     specs: list[RunSpec] = []
     lits_ckpt = ""
@@ -171,7 +172,7 @@ def execute_run(spec: RunSpec, tracker: ParentRun | None = None, node: str = "")
                 from monai_liver.engine.tracking import run_name
 
                 tracker.attach_child(run_name(s, init, k), None, {"stage": "pretrain"})
-            held_out = pretrain_metrics(run_dir, spec.pretrain_key) | held_out_cases(run_dir / "model.pt", o["datalist"], k)
+            held_out = pretrain_metrics(run_dir, spec.pretrain_key) | held_out_cases(run_dir / "model.pt", o["datalist"], k, spec.device)
             write_text(run_dir / "metrics.json", json.dumps(held_out, indent=2) + "\n")
             done = {}
         else:
@@ -211,18 +212,19 @@ def pretrain_metrics(run_dir: Path, key: str = "val_dice") -> dict:
             if k in ("epoch", "val_dice", "val_recall", "val_liver_dice") and v not in ("", None)}
 
 
-def held_out_cases(model: Path, datalist: str | Path, fold: int) -> dict:
+def held_out_cases(model: Path, datalist: str | Path, fold: int, device: str | None = None) -> dict:
     """A pretraining's (``model``: lits_pretrain or the liver localiser) figures per volume of the
     ``fold`` of ``datalist`` it held out, on the input it was trained on
     (:func:`monai_liver.inference.volume_check.reference_roi_dice`), averaged
     (:func:`~monai_liver.inference.volume_check.case_means`: ``case_liver_dice``, ``case_lesion_dice``,
-    ``cases``, ``lesion_cases``): LiTS's "Dice per case", beside the bundle's per-slice validation."""
+    ``cases``, ``lesion_cases``): LiTS's "Dice per case", beside the bundle's per-slice validation.
+    ``device``: as the run's (None: :func:`~monai_liver.inference.model.load_model`'s default, cuda when available)."""
     from monai_liver.data.datalist import read_datalist
     from monai_liver.inference.model import load_model
     from monai_liver.inference.volume_check import case_means, reference_roi_dice
 
     content = read_datalist(datalist)
     root = Path(content["dataset_dir"])
-    net = load_model(model)  # its default device: cuda when available
+    net = load_model(model, device=device)
     return case_means([reference_roi_dice(net, root / it["image"], root / it["label"])
                        for it in content["training"] if int(it.get("fold", -1)) == int(fold) and it.get("label")])
