@@ -99,3 +99,22 @@ def test_random_transforms_and_device_moves_stay_after_the_disk(items, tmp_path)
     assert ds.persist_dir is not None and len(list(ds.persist_dir.glob("*.pt"))) > 0
     plain = PreprocessedCacheDataset(items, transform=augmented, cache_rate=1.0, progress=False)
     assert plain.persist_dir is None and len(plain) == len(ds)
+
+
+def test_a_file_another_run_is_still_writing_is_a_miss(items, tmp_path):
+    """Several runs share the folder: a file cut short (empty, or half a zip archive) is computed again,
+    not an error; any other error still is."""
+    from monai.data.utils import pickle_hashing
+
+    chain = eval_transforms("joint", image_size=32)
+    reference = PreprocessedCacheDataset(items, transform=chain, persist_dir=tmp_path / "a", progress=False)
+    files = sorted(reference.persist_dir.glob("*.pt"))
+    folder = tmp_path / "b" / "prep" / reference.persist_dir.name
+    folder.mkdir(parents=True)
+    whole = (reference.persist_dir / (pickle_hashing(items[0]).decode() + ".pt")).read_bytes()
+    (folder / (pickle_hashing(items[0]).decode() + ".pt")).write_bytes(b"")
+    (folder / (pickle_hashing(items[1]).decode() + ".pt")).write_bytes(whole[: len(whole) // 2])
+    again = PreprocessedCacheDataset(items, transform=chain, persist_dir=tmp_path / "b", progress=False)
+    assert again.persist_dir == folder and len(files) == len(items)
+    for i in range(len(items)):
+        _same(reference[i], again[i])

@@ -19,10 +19,12 @@ only the composition of its two.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import threading
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,28 @@ def transform_fingerprint(transforms: Sequence[Callable]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def _incomplete_file(e: BaseException) -> bool:
+    """Whether ``torch.load`` failed on a file that is still being written (empty, or a zip archive
+    without its end: the errors torch gives for a file cut short)."""
+    return isinstance(e, EOFError) or "PytorchStreamReader failed" in str(e) or (
+        isinstance(e, OSError) and e.errno == errno.EINVAL)
+
+
+class _SharedPersistentDataset(PersistentDataset):
+    """MONAI's ``PersistentDataset`` for a cache folder that several runs write at once (``--runs-per-device``,
+    Ray): MONAI writes a file in a temporary folder and moves it in, which is a copy when the temporary
+    folder is on another filesystem, so another run can find it half-written. Such a file is read as a
+    miss (this run computes the item itself); any other error is raised as before."""
+
+    def _cachecheck(self, item_transformed):
+        try:
+            return super()._cachecheck(item_transformed)
+        except (EOFError, OSError, RuntimeError) as e:
+            if not _incomplete_file(e):
+                raise
+            return self._pre_transform(deepcopy(item_transformed))
+
+
 class AsStoredOnDisk(Transform):
     """An item as MONAI's ``PersistentDataset`` stores it (arrays and MetaTensors as plain tensors, numbers
     kept), so that a slice preprocessed now and one read from disk collate into the same batch."""
@@ -108,6 +132,6 @@ class PreprocessedCacheDataset(CacheDataset):
         if persist_dir and head:
             self.persist_dir = Path(persist_dir) / "prep" / transform_fingerprint(head)
             self.persist_dir.mkdir(parents=True, exist_ok=True)
-            data = PersistentDataset(data, Compose(head), cache_dir=self.persist_dir)
+            data = _SharedPersistentDataset(data, Compose(head), cache_dir=self.persist_dir)
             chain = Compose([AsStoredOnDisk(), *rest])
         super().__init__(data=data, transform=chain, **kwargs)
