@@ -72,7 +72,7 @@ def test_items_as_a_cache_dataset_and_read_back_from_disk(items, tmp_path):
         shutil.move(backup / f"{i}.npy", s)
 
 
-def test_other_settings_other_folder(items):
+def test_other_settings_other_folder(items, monkeypatch):
     def key(strategy="joint", size=32, margin=16):
         return transform_fingerprint(persistable_head(eval_transforms(strategy, image_size=size, margin=margin))[0])
 
@@ -83,6 +83,14 @@ def test_other_settings_other_folder(items):
     PreprocessedCacheDataset(items, transform=used, cache_rate=1.0, progress=False)  # run-time state is no setting
     assert transform_fingerprint(persistable_head(used)[0]) == before == base
     assert len({base, key(size=64), key(margin=8), key(strategy="seg_baseline"), key(strategy="cls_baseline")}) == 5
+    # the code is part of it: an edited transform module is another folder
+    import monai_liver.engine.preprocessed_cache as pc
+
+    real = pc._source_hashes
+    head = persistable_head(eval_transforms("joint", image_size=32, margin=16))[0]
+    assert {"monai_liver.transforms", "monai.transforms.spatial.dictionary"} <= set(real(head))
+    monkeypatch.setattr(pc, "_source_hashes", lambda transforms: {**real(transforms), "monai_liver.transforms": "edited"})
+    assert key() != base
     # the same in every process: tests/test_experiment.py (three processes share one folder per chain)
 
 

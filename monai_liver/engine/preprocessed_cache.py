@@ -10,7 +10,8 @@ another run wrote it (one ``.pt`` per slice, keyed by MONAI on the item: its ``.
 source files' size and mtime, see :mod:`monai_liver.data.slices`), and the ``CacheDataset`` keeps the
 result in memory for the epochs as before. The fingerprint (:func:`transform_fingerprint`) is a hash
 of that head's transforms and their settings (strategy targets, image size, HU window, margin), so a
-chain that differs in any setting gets another folder. The rest of the chain (random transforms,
+chain that differs in any setting, or whose transforms' source files differ (an edit, an upgrade),
+gets another folder. The rest of the chain (random transforms,
 ``ToDeviced``) runs after the disk cache, as MONAI's caches always do.
 
 MONAI has no dataset that caches on disk across processes and in memory within one; this class is
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -39,7 +41,7 @@ __all__ = ["AsStoredOnDisk", "PreprocessedCacheDataset", "persistable_head", "tr
 #: attributes of MONAI transforms and readers that are run-time state, not settings: the random state,
 #: the lazy-resampling switch, the files an image reader read last (per-thread tracing state is skipped too)
 RUN_TIME_STATE = frozenset({"R", "_lazy", "lazy", "filenames", "has_series"})
-#: bump when the preprocessing changes in a way its settings do not show (e.g. a fixed bug)
+#: bump when the preprocessing changes in a way neither its settings nor its transforms' source files show
 PREPROCESSING_VERSION = 1
 
 
@@ -80,10 +82,25 @@ def _describe(obj: Any, depth: int = 0) -> Any:
     return [name, _describe(fields, depth + 1)]
 
 
+def _source_hashes(transforms: Sequence[Callable]) -> dict[str, str]:
+    """module -> SHA-256 of the source file of every class in ``transforms`` (MONAI's and ours), so
+    that an edited or upgraded transform gets another folder, not the files of the old code."""
+    out = {}
+    for t in transforms:
+        module = type(t).__module__
+        if module not in out:
+            try:
+                out[module] = hashlib.sha256(Path(inspect.getsourcefile(type(t)) or "").read_bytes()).hexdigest()
+            except (OSError, TypeError):
+                out[module] = "no source"
+    return out
+
+
 def transform_fingerprint(transforms: Sequence[Callable]) -> str:
-    """A short hash of ``transforms`` and their settings: the same in every process for the same
-    chain, another for any other class or setting."""
-    blob = json.dumps({"v": PREPROCESSING_VERSION, "chain": [_describe(t) for t in transforms]}, sort_keys=True)
+    """A short hash of ``transforms``, their settings and their code: the same in every process for
+    the same chain, another for any other class, setting or source file."""
+    blob = json.dumps({"v": PREPROCESSING_VERSION, "chain": [_describe(t) for t in transforms],
+                       "code": _source_hashes(transforms)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
