@@ -88,8 +88,10 @@ def test_other_settings_other_folder(items, monkeypatch):
 
     real = pc._source_hashes
     head = persistable_head(eval_transforms("joint", image_size=32, margin=16))[0]
-    assert {"monai_liver.transforms", "monai.transforms.spatial.dictionary"} <= set(real(head))
-    monkeypatch.setattr(pc, "_source_hashes", lambda transforms: {**real(transforms), "monai_liver.transforms": "edited"})
+    modules: set[str] = set()
+    pc._describe(head, modules)  # the chain's modules and those of what its transforms hold (Resized -> Resize)
+    assert {"monai_liver.transforms", "monai.transforms.spatial.dictionary", "monai.transforms.spatial.array"} <= set(real(modules))
+    monkeypatch.setattr(pc, "_source_hashes", lambda found: {**real(found), "monai_liver.transforms": "edited"})
     assert key() != base
     # the same in every process: tests/test_experiment.py (three processes share one folder per chain)
 

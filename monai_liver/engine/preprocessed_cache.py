@@ -24,6 +24,7 @@ import errno
 import hashlib
 import inspect
 import json
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from copy import deepcopy
@@ -55,15 +56,16 @@ def persistable_head(chain: Compose) -> tuple[list, list]:
     return transforms, []
 
 
-def _describe(obj: Any, depth: int = 0) -> Any:
-    """A JSON-able description of ``obj``'s settings (its class and attributes, recursively)."""
+def _describe(obj: Any, modules: set[str], depth: int = 0) -> Any:
+    """A JSON-able description of ``obj``'s settings (its class and attributes, recursively); the
+    modules of the classes and functions it meets are added to ``modules``."""
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, (list, tuple, set, frozenset)):
         items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
-        return [_describe(x, depth + 1) for x in items]
+        return [_describe(x, modules, depth + 1) for x in items]
     if isinstance(obj, dict):
-        return {str(k): _describe(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): _describe(v, modules, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (torch.dtype, np.dtype, torch.device)) or isinstance(obj, type):
         return str(obj)
     if isinstance(obj, (np.ndarray, torch.Tensor)):
@@ -75,32 +77,34 @@ def _describe(obj: Any, depth: int = 0) -> Any:
     if callable(obj) and not hasattr(obj, "__dict__"):  # builtins
         return name
     if hasattr(obj, "__code__"):  # a function: its module and name
+        modules.add(str(getattr(obj, "__module__", "")))
         return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
     if depth > 6 or not hasattr(obj, "__dict__"):
         return name
+    modules.add(type(obj).__module__)
     fields = {k: v for k, v in vars(obj).items() if k not in RUN_TIME_STATE and not isinstance(v, threading.local)}
-    return [name, _describe(fields, depth + 1)]
+    return [name, _describe(fields, modules, depth + 1)]
 
 
-def _source_hashes(transforms: Sequence[Callable]) -> dict[str, str]:
-    """module -> SHA-256 of the source file of every class in ``transforms`` (MONAI's and ours), so
-    that an edited or upgraded transform gets another folder, not the files of the old code."""
+def _source_hashes(modules: set[str]) -> dict[str, str]:
+    """module -> SHA-256 of its source file, for the modules of a chain's transforms and of what they
+    hold (e.g. the array transform a dictionary transform calls; MONAI's and ours), so that an edited
+    or upgraded transform gets another folder, not the files of the old code."""
     out = {}
-    for t in transforms:
-        module = type(t).__module__
-        if module not in out:
-            try:
-                out[module] = hashlib.sha256(Path(inspect.getsourcefile(type(t)) or "").read_bytes()).hexdigest()
-            except (OSError, TypeError):
-                out[module] = "no source"
+    for module in sorted(modules):
+        try:
+            out[module] = hashlib.sha256(Path(inspect.getsourcefile(sys.modules[module]) or "").read_bytes()).hexdigest()
+        except (KeyError, OSError, TypeError):
+            out[module] = "no source"
     return out
 
 
 def transform_fingerprint(transforms: Sequence[Callable]) -> str:
     """A short hash of ``transforms``, their settings and their code: the same in every process for
     the same chain, another for any other class, setting or source file."""
-    blob = json.dumps({"v": PREPROCESSING_VERSION, "chain": [_describe(t) for t in transforms],
-                       "code": _source_hashes(transforms)}, sort_keys=True)
+    modules: set[str] = set()
+    chain = _describe(list(transforms), modules)
+    blob = json.dumps({"v": PREPROCESSING_VERSION, "chain": chain, "code": _source_hashes(modules)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -148,7 +152,6 @@ class PreprocessedCacheDataset(CacheDataset):
         self.persist_dir: Path | None = None
         if persist_dir and head:
             self.persist_dir = Path(persist_dir) / "prep" / transform_fingerprint(head)
-            self.persist_dir.mkdir(parents=True, exist_ok=True)
             data = _SharedPersistentDataset(data, Compose(head), cache_dir=self.persist_dir)
             chain = Compose([AsStoredOnDisk(), *rest])
         super().__init__(data=data, transform=chain, **kwargs)
