@@ -1,6 +1,6 @@
 """What a trained model says about itself: its settings, and the model package folder.
 
-Every ``model.pt`` written by a bundle's ``BestModelSaver`` carries ``"settings"``
+Every ``model.pt`` written by a bundle's ``ModelSaver`` carries ``"settings"``
 (:func:`model_settings`): everything inference needs to run the model exactly as it was trained,
 so that nobody has to repeat a size, a window or the class names by hand:
 
@@ -91,7 +91,7 @@ def model_settings(
     window: Sequence[float] = HU_WINDOW,
     roi_margin: int | None = None,
 ) -> dict[str, Any]:
-    """The settings dict a bundle's ``BestModelSaver`` stores in ``model.pt`` (see the module doc)."""
+    """The settings dict a bundle's ``ModelSaver`` stores in ``model.pt`` (see the module doc)."""
     from monai_liver import __version__
 
     names = [str(c) for c in class_names]

@@ -309,12 +309,12 @@ def test_atomic_save_and_load_model(tmp_path) -> None:
     assert torch.load(tmp_path / "m.pt", weights_only=True)["model"].keys() == net.state_dict().keys()
 
 
-def _tiny_trainer(out: Path, epochs: int, scores: list[float]):
+def _tiny_trainer(out: Path, epochs: int, scores: list[float], keep: str = "best"):
     """A SupervisedTrainer on a linear model with our handlers and a stub evaluator reporting ``scores``."""
     from ignite.engine import Engine, Events
     from monai.engines import SupervisedTrainer
 
-    from monai_liver.engine.handlers import BestModelSaver, EarlyStop, EpochLogger, ProgressBar, ResumeCheckpoint
+    from monai_liver.engine.handlers import EarlyStop, EpochLogger, ModelSaver, ProgressBar, ResumeCheckpoint
 
     torch.manual_seed(0)
     net = torch.nn.Linear(2, 1)
@@ -324,7 +324,7 @@ def _tiny_trainer(out: Path, epochs: int, scores: list[float]):
 
     evaluator = Engine(lambda e, b: None)  # stands in for the SupervisedEvaluator: reports the next score
     evaluator.state.key_metric_name = "val_dice"
-    saver = BestModelSaver(out, net, resume=(out / "checkpoint_last.pt").exists())
+    saver = ModelSaver(out, net, keep=keep, resume=(out / "checkpoint_last.pt").exists())
 
     class Validate:
         def attach(self, engine):
@@ -401,6 +401,23 @@ def test_checkpoints_resume_log_and_early_stop(tmp_path) -> None:
     trainer.run()
     assert trainer.state.epoch == 6
     assert pd.read_csv(es_dir / "train_log.csv")["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_model_saver_keeps_the_last_epoch_or_the_best_validation(tmp_path) -> None:
+    from monai_liver.errors import LiverError
+
+    scores = [0.2, 0.7, 0.4, 0.5]  # the best validation (0.7) is not the last epoch
+    for keep, epoch, value in (("last", 4, 0.5), ("best", 2, 0.7)):
+        trainer, net, _ = _tiny_trainer(tmp_path / keep, 4, scores, keep=keep)
+        trainer.run()
+        saved = torch.load(tmp_path / keep / "model.pt", weights_only=True)
+        assert (saved["epoch"], saved["keep"]) == (epoch, keep)
+        assert saved["key_metric_value"] == pytest.approx(value)
+        if keep == "last":  # the file holds the weights the run ended with
+            for k, v in net.state_dict().items():
+                assert torch.equal(saved["model"][k], v), k
+    with pytest.raises(LiverError, match="keep_model 'first' is not known"):
+        _tiny_trainer(tmp_path / "bad", 1, scores, keep="first")
 
 
 def test_set_bn_momentum() -> None:

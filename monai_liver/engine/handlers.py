@@ -39,7 +39,7 @@ __all__ = [
     "read_checkpoint",
     "settings_of",
     "set_bn_momentum",
-    "BestModelSaver",
+    "ModelSaver",
     "ResumeCheckpoint",
     "EpochLogger",
     "EarlyStop",
@@ -99,7 +99,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
 
 
 def checkpoint_settings(path: str | Path) -> dict:
-    """The training settings a ``model.pt`` of :class:`BestModelSaver` records (``strategy``,
+    """The training settings a ``model.pt`` of :class:`ModelSaver` records (``strategy``,
     ``backbone``, ``image_size``, ``class_names``), or ``{}`` for a checkpoint without them (older
     runs, TorchScript files, other tools). Unreadable files raise LiverError as :func:`load_model`."""
     return settings_of(read_checkpoint(path))
@@ -166,21 +166,31 @@ def _finite(x: Any) -> float:
     return v if math.isfinite(v) else -math.inf
 
 
-class BestModelSaver:
+class ModelSaver:
     """Attach to the evaluator: after each validation, save ``{"model": state_dict, "key_metric",
-    "key_metric_value", "epoch"}`` to ``save_dir/filename`` (atomically, rank 0 only) when the key
-    metric improved. The first validation always saves (so a run always leaves a model).
+    "key_metric_value", "epoch", "keep", "settings"}`` to ``save_dir/filename`` (atomically, rank 0 only).
+
+    ``keep="last"`` (the bundles' default) saves after every validation, so the file ends with the
+    weights of the last epoch (:class:`FinalValidation` validates it): the right choice when the
+    validation data are the data the model is then scored on, as in the experiment's
+    cross-validation, where keeping the best of several validations would choose on the test fold.
+    ``keep="best"`` saves only when the key metric improved (the first validation always saves), for
+    a validation set that is not the test set.
 
     Args:
         save_dir: output folder.
         network: the trained network (DDP is unwrapped).
-        key_metric_name: metric to compare; default the evaluator's ``key_metric_name``.
+        key_metric_name: the metric recorded (and compared, ``keep="best"``); default the evaluator's
+            ``key_metric_name``.
         filename: default ``model.pt``.
-        resume: continue from the best value recorded in an existing ``filename`` (resumed runs);
-            otherwise an existing file is overwritten by the first validation.
+        keep: ``"last"`` or ``"best"``.
+        resume: ``keep="best"``: continue from the best value recorded in an existing ``filename``
+            (resumed runs); otherwise an existing file is overwritten by the first validation.
         settings: what inference must know to run the model as it was trained (``strategy``,
             ``backbone``, ``image_size``, ``class_names``), stored as ``"settings"`` in the file.
     """
+
+    KEEP = ("last", "best")
 
     def __init__(
         self,
@@ -188,16 +198,20 @@ class BestModelSaver:
         network: torch.nn.Module,
         key_metric_name: str | None = None,
         filename: str = "model.pt",
+        keep: str = "last",
         resume: bool = False,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
+        if keep not in self.KEEP:
+            raise LiverError(f"keep_model '{keep}' is not known; choose last or best")
         self.path = Path(save_dir) / filename
         self.settings = {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in (settings or {}).items()}
         self.network = network
         self.key_metric_name = key_metric_name
+        self.keep = keep
         self.best: float | None = None
         self.best_epoch: int | None = None
-        if resume and self.path.is_file():
+        if keep == "best" and resume and self.path.is_file():
             ckpt = read_checkpoint(self.path)
             if isinstance(ckpt, Mapping) and "key_metric_value" in ckpt:
                 self.best = _finite(ckpt["key_metric_value"])
@@ -209,9 +223,9 @@ class BestModelSaver:
     def __call__(self, engine: Engine) -> None:
         name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
         if name is None or name not in engine.state.metrics:
-            raise ValueError(f"BestModelSaver: metric '{name}' not computed by the evaluator")
+            raise ValueError(f"ModelSaver: metric '{name}' not computed by the evaluator")
         score = _finite(engine.state.metrics[name])
-        if self.best is not None and score <= self.best:
+        if self.keep == "best" and self.best is not None and score <= self.best:
             return
         self.best, self.best_epoch = score, int(engine.state.epoch)
         if rank() == 0:
@@ -219,9 +233,9 @@ class BestModelSaver:
             value = float(engine.state.metrics[name])
             atomic_save(
                 {"model": state, "key_metric": name, "key_metric_value": value, "epoch": self.best_epoch,
-                 "settings": self.settings}, self.path
+                 "keep": self.keep, "settings": self.settings}, self.path
             )
-            logger.info(f"saved {self.path} ({name} = {value:.4f} at epoch {self.best_epoch})")
+            logger.info(f"saved {self.path} ({name} = {value:.4f} at epoch {self.best_epoch}, keep {self.keep})")
 
 
 class ResumeCheckpoint:
