@@ -91,7 +91,7 @@ def plan_runs(out: Path, s: ExperimentSettings, data: PreparedData, imagenet_fil
     if data.lits is not None:
         lits_ckpt = str(out / "pretrain" / PRETRAIN_STRATEGY / "model.pt")
         # the LiTS pretraining (crops as the target is trained: transfer) and the liver localiser of the
-        # inference cascade (whole slices, every slice, best held-out liver Dice kept); both hold out
+        # inference cascade (whole slices, every slice, last epoch kept); both hold out
         # fold 0 of the LiTS datalist, whose figures go to pretrain/<name>/metrics.json and the report
         crop = {"epochs": int(s.lits_epochs), "max_val_slices": 0}
         whole = {"epochs": int(s.localiser_epochs), "image_size": int(s.localiser_image_size),
