@@ -199,6 +199,18 @@ def test_settings_line_gives_the_pretraining_per_slice_and_per_case():
     assert agg.settings_line(exp, {"val_dice": 0.5, "val_liver_dice": 0.9}).endswith("lesion Dice 0.50 per slice.")
 
 
+def test_pretrain_metrics_are_those_of_the_epoch_model_pt_holds(tmp_path):
+    """The pretraining's figures under the table are its kept model's, not the best row of its log."""
+    import torch
+
+    from monai_liver.experiment.runs import pretrain_metrics
+
+    (tmp_path / "train_log.csv").write_text("epoch,loss,val_dice,val_liver_dice\n1,0.9,,\n5,0.5,0.60,0.91\n7,0.4,0.55,0.93\n")
+    assert pretrain_metrics(tmp_path) == {"epoch": 7, "val_dice": 0.55, "val_liver_dice": 0.93}  # no model.pt: the last
+    torch.save({"model": {}, "epoch": 5}, tmp_path / "model.pt")  # a model kept with keep_model best
+    assert pretrain_metrics(tmp_path) == {"epoch": 5, "val_dice": 0.60, "val_liver_dice": 0.91}
+
+
 def test_progress_figures_of_a_pretraining_name_every_figure_once(tmp_path):
     """The progress line of a pretraining: per-slice and per-case figures, none hiding another."""
     from monai_liver.experiment.runs import RunSpec, _figures

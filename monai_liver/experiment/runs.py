@@ -196,9 +196,11 @@ def execute_run(spec: RunSpec, tracker: ParentRun | None = None, node: str = "")
 
 
 def pretrain_metrics(run_dir: Path, key: str = "val_dice") -> dict:
-    """A pretraining run's held-out figures: the ``train_log.csv`` row of the epoch whose
-    ``model.pt`` was kept (best ``key`` on the held-out LiTS fold), as floats; ``{}`` when none."""
+    """A pretraining run's held-out figures: the ``train_log.csv`` row of the epoch its ``model.pt``
+    holds (the last validated one when the file does not say), as floats; ``{}`` when none."""
     import csv
+
+    from monai_liver.engine.handlers import read_checkpoint
 
     log = Path(run_dir) / "train_log.csv"
     if not log.is_file():
@@ -207,8 +209,11 @@ def pretrain_metrics(run_dir: Path, key: str = "val_dice") -> dict:
         rows = [r for r in csv.DictReader(f) if r.get(key)]
     if not rows:
         return {}
-    best = max(rows, key=lambda r: float(r[key]))
-    return {k: (int(v) if k == "epoch" else float(v)) for k, v in best.items()
+    model = Path(run_dir) / "model.pt"
+    saved = read_checkpoint(model) if model.is_file() else None
+    saved = saved.get("epoch") if isinstance(saved, dict) else None
+    row = next((r for r in rows if saved is not None and int(r["epoch"]) == int(saved)), rows[-1])
+    return {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()
             if k in ("epoch", "val_dice", "val_recall", "val_liver_dice") and v not in ("", None)}
 
 
