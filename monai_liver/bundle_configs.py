@@ -29,7 +29,7 @@ GENERATED: tuple[str, ...] = ("train.json", "evaluate.json", "inference.json", "
 #: per bundle and file, the top-level values that differ from the template
 BUNDLE_VALUES: dict[str, dict[str, dict]] = {
     "lits_pretrain": {"train.json": {"datalist": "$@bundle_root + '/../../data_lists/phantom_lits.json'",
-                                     "epochs": 50, "lesion_oversample": 3}},
+                                     "epochs": 50, "lesion_oversample": 3, "dice_batch": False}},
     "cls_baseline": {"inference.json": {
         # one class per slice: softmax + argmax, written to predictions.csv (no mask to invert or save)
         "postprocessing": {"_target_": "Compose", "transforms": [

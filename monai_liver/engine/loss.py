@@ -16,7 +16,10 @@ joint             DiceCE over 2 + K channels (one per type)   -- (class = pixel 
 (``dice_batch``: intersections and unions summed over the batch before the ratio, MONAI
 ``DiceLoss(batch=True)``): a per-slice Dice gives every slice without a lesion of some type an
 empty target in that channel, which for the joint network (one type per slice) pushes every type
-channel towards zero and left it predicting no lesion at all after short runs. The default ``cls_weight = 0.5`` keeps the
+channel towards zero and left it predicting no lesion at all after short runs. ``lits_pretrain`` (one
+lesion channel, lesion slices oversampled) uses the per-slice Dice: on the quick experiment's held-out
+LiTS-like volumes its lesion Dice per slice was 0.565 against 0.497 (per case 0.685 against 0.730),
+and the LiTS-initialised rows it starts were as good or better (README). The default ``cls_weight = 0.5`` keeps the
 classification branch of the Y-Net from dominating the shared encoder early on (CE of a K-class
 head starts near log K = 1.1, DiceCE near 1.5-2); both weights are bundle config values.
 """

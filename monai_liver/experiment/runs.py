@@ -93,10 +93,11 @@ def plan_runs(out: Path, s: ExperimentSettings, data: PreparedData, imagenet_fil
         # the LiTS pretraining (crops as the target is trained: transfer) and the liver localiser of the
         # inference cascade (whole slices, every slice, last epoch kept); both hold out
         # fold 0 of the LiTS datalist, whose figures go to pretrain/<name>/metrics.json and the report
+        # (the localiser keeps the batch Dice: most whole slices hold no lesion)
         crop = {"epochs": int(s.lits_epochs), "max_val_slices": 0}
         whole = {"epochs": int(s.localiser_epochs), "image_size": int(s.localiser_image_size),
                  "max_val_slices": 0, "roi_margin": -1, "only_liver_slices": False, "key_metric_name": "val_liver_dice",
-                 "lesion_oversample": 1}
+                 "lesion_oversample": 1, "dice_batch": True}
         for name, extra, key in ((PRETRAIN_STRATEGY, crop, "val_dice"), (LOCALISER, whole, "val_liver_dice")):
             specs.append(spec(name, out / "pretrain" / name, PRETRAIN_STRATEGY, data.lits, name, "scratch", 0, extra, key))
 
