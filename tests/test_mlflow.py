@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import tiny_lesion_datalist
 
@@ -72,7 +73,11 @@ def test_tracking_default_sqlite_and_explicit_uri(datalist, tmp_path) -> None:
         history = client.get_metric_history(run.info.run_id, metric)
         assert sorted(m.step for m in history) == [1, 2], (metric, history)
         assert all(0.0 <= m.value <= 1.0 for m in history)
-    assert client.get_metric_history(run.info.run_id, "train_loss")
+    # the training loss once per epoch (the epoch's mean, as train_log.csv has it), not once per iteration
+    loss = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    logged = pd.read_csv(default_out / "train_log.csv")
+    assert [step for step, _ in loss] == logged["epoch"].tolist() == [1, 2]
+    assert [value for _, value in loss] == pytest.approx(logged["loss"].tolist(), rel=1e-4)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pt", "train_log.csv"} <= artifacts, artifacts
     local = Path(client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path / "dl")))

@@ -310,7 +310,9 @@ class EpochLogger:
     where there is none; the epoch's training seconds, validation excluded, and slices seen). Every rank
     logs one line per epoch (``rank r: epoch e/E loss x``); only rank 0 writes the file. When the
     first epoch of a run starts, rows of epochs after the (possibly resumed) last finished epoch are
-    dropped, so a resumed run continues the file.
+    dropped, so a resumed run continues the file. The epoch's mean loss is also put in the trainer's
+    ``state.metrics["train_loss"]``, where the handlers attached after this one (MLflow's, at the
+    end of ``train#handlers``) log it once per epoch.
     """
 
     def __init__(
@@ -370,6 +372,7 @@ class EpochLogger:
 
     def epoch_completed(self, engine: Engine) -> None:
         loss = float(sum(self._losses) / len(self._losses)) if self._losses else float("nan")
+        engine.state.metrics["train_loss"] = loss
         row: dict[str, Any] = {"epoch": engine.state.epoch, "loss": f"{loss:.6g}", "lr": "" if self._lr is None else f"{self._lr:.6g}",
                                "seconds": f"{self._last - self._start:.3f}", "slices": self._slices}
         ev = self.evaluator

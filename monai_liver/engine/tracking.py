@@ -99,7 +99,12 @@ def configure_mlflow(
     server is reachable. The loss transform of MONAI's default settings,
     ``from_engine(['loss'], first=True)``, expects decollated engine outputs and returns a tuple for
     our batch dicts (``decollate=False``), which MLflow cannot log: it is replaced by
-    :func:`training_loss`. Returns the number of MLflow handlers found (0 without ``--tracking``).
+    :func:`training_loss`. Their logging per iteration is switched off: MLflow writes each logged
+    value to its store at once, and into a SQLite store one iteration's loss took about 30 ms, about
+    10 s of a 20-epoch quick-preset run whose training took 26 s (cProfile); the loss is logged once
+    per epoch instead (``train_loss``, the epoch's mean, from
+    :class:`~monai_liver.engine.handlers.EpochLogger`), which also spares a GPU run a host sync per
+    iteration. Returns the number of MLflow handlers found (0 without ``--tracking``).
     """
     from monai.handlers import MLFlowHandler
 
@@ -107,6 +112,7 @@ def configure_mlflow(
     for h in found:
         check_tracking_uri(getattr(h.client, "tracking_uri", "") or "sqlite:///")
         h.output_transform = training_loss
+        h.iteration_log = False
         if params:
             h.experiment_param = {**(h.experiment_param or {}), **{k: str(v) for k, v in params.items()}}
         extra = [str(a) for a in artifacts]
