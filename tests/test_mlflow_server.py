@@ -178,7 +178,7 @@ def test_training_logs_metrics_and_checkpoint_to_server(mlflow_server, lesion_da
     assert len(runs) == 1, [r.info.run_name for r in runs]
     run = runs[0]
     assert run.info.status == "FINISHED"
-    # metrics: the training loss per iteration and the validation metric of the epoch
+    # metrics: the training loss per epoch and the validation metric of the epoch
     assert "train_loss" in run.data.metrics, run.data.metrics
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert len(history) >= 1 and all(torch.isfinite(torch.tensor(m.value)) for m in history)
