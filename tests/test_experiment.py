@@ -105,6 +105,13 @@ def test_experiment_kill_resume(data, tmp_path):
         m = json.loads((out / "pretrain" / name / "metrics.json").read_text())
         assert {"val_dice", "val_liver_dice"} <= set(m) and m["cases"] == len(held_out) > 0, m
         assert 0 <= m["case_liver_dice"] <= 1
+    # which epoch each model is: the strategy runs' last (their held-out fold is the table's test fold), the
+    # localiser's best on its validation fold (its test is the end-to-end check on volumes no model saw)
+    from monai_liver.engine.handlers import read_checkpoint
+
+    keeps = {name: read_checkpoint(out / "pretrain" / name / "model.pt")["keep"] for name in ("lits_pretrain", "liver_localiser")}
+    assert keeps == {"lits_pretrain": "last", "liver_localiser": "best"}
+    assert {read_checkpoint(p)["keep"] for p in (out / "runs").glob("*/*/fold*/model.pt")} == {"last"}
 
     # a model package per segmenting row, with the liver localiser (whole slices) and the settings
     from monai_liver.model_package import read_settings
