@@ -113,7 +113,7 @@ def test_random_transforms_and_device_moves_stay_after_the_disk(items, tmp_path)
 
 def test_a_file_another_run_is_still_writing_is_a_miss(items, tmp_path):
     """Several runs share the folder: a file cut short (empty, or half a zip archive) is computed again,
-    not an error; any other error still is."""
+    not an error."""
     from monai.data.utils import pickle_hashing
 
     chain = eval_transforms("joint", image_size=32)

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ class RunSpec:
     strategy: str
     init: str
     fold: int
-    pretrain_key: str = ""  #: set for a pretraining: the train_log.csv figure that chose its model.pt
+    pretrain_key: str = ""  #: set for a pretraining: the train_log.csv figure of its validated epochs
     after: tuple[str, ...] = ()  #: names of runs whose output this one reads (the LiTS checkpoint)
     device: str | None = None  #: the experiment's ``--device`` (None: cuda when available), also for held-out checks
 
@@ -215,9 +216,9 @@ def pretrain_metrics(run_dir: Path, key: str = "val_dice") -> dict:
     if not rows:
         return {}
     model = Path(run_dir) / "model.pt"
-    saved = read_checkpoint(model) if model.is_file() else None
-    saved = saved.get("epoch") if isinstance(saved, dict) else None
-    row = next((r for r in rows if saved is not None and int(r["epoch"]) == int(saved)), rows[-1])
+    checkpoint = read_checkpoint(model) if model.is_file() else None
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, Mapping) else None
+    row = next((r for r in rows if epoch is not None and int(r["epoch"]) == int(epoch)), rows[-1])
     return {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()
             if k in ("epoch", "val_dice", "val_recall", "val_liver_dice") and v not in ("", None)}
 
