@@ -7,6 +7,7 @@ parent run with a child per run, and a folder cannot be resumed with other setti
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -112,6 +113,18 @@ def test_experiment_kill_resume(data, tmp_path):
     keeps = {name: read_checkpoint(out / "pretrain" / name / "model.pt")["keep"] for name in ("lits_pretrain", "liver_localiser")}
     assert keeps == {"lits_pretrain": "last", "liver_localiser": "best"}
     assert {read_checkpoint(p)["keep"] for p in (out / "runs").glob("*/*/fold*/model.pt")} == {"last"}
+    # the pretraining at the preset's lits_learning_rate, the localiser and the runs at its learning_rate
+    from monai_liver.experiment.settings import QUICK
+
+    def first_lr(run: Path) -> float:
+        with open(run / "train_log.csv") as f:
+            return float(next(csv.DictReader(f))["lr"])
+
+    assert QUICK.lits_learning_rate != QUICK.learning_rate
+    assert first_lr(out / "pretrain" / "lits_pretrain") == pytest.approx(QUICK.lits_learning_rate)
+    assert first_lr(out / "pretrain" / "liver_localiser") == pytest.approx(QUICK.learning_rate)
+    assert first_lr(out / "runs" / "joint" / "lits" / "fold0") == pytest.approx(QUICK.learning_rate)
+    assert json.loads((out / "experiment.json").read_text())["lits_learning_rate"] == QUICK.lits_learning_rate
 
     # a model package per segmenting row, with the liver localiser (whole slices) and the settings
     from monai_liver.model_package import read_settings

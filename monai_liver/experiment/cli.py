@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, help="patient-grouped folds (cross-validation)")
     p.add_argument("--epochs", type=int, help="training epochs per run")
     p.add_argument("--lits-epochs", type=int, help="epochs of the lits_pretrain bundle")
+    p.add_argument("--lits-learning-rate", type=float, help="learning rate of the lits_pretrain bundle (default: --learning-rate)")
     p.add_argument("--localiser-epochs", type=int, help="epochs of the liver localiser (lits_pretrain on whole slices)")
     p.add_argument("--localiser-image-size", type=int, help="input size of the liver localiser (whole slices; multiple of 32)")
     p.add_argument("--image-size", type=int, help="network input size in pixels (multiple of 32)")
