@@ -128,3 +128,19 @@ def test_a_file_another_run_is_still_writing_is_a_miss(items, tmp_path):
     assert again.persist_dir == folder and len(files) == len(items)
     for i in range(len(items)):
         _same(reference[i], again[i])
+
+
+def test_any_other_read_error_is_raised(items, tmp_path, monkeypatch):
+    """Only a file cut short is a miss: another failure to read a cached slice (here torch.load
+    raising a RuntimeError of its own) reaches the run."""
+    import monai.data.dataset
+
+    chain = eval_transforms("joint", image_size=32)
+    PreprocessedCacheDataset(items, transform=chain, persist_dir=tmp_path, progress=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk failed")
+
+    monkeypatch.setattr(monai.data.dataset.torch, "load", broken)
+    with pytest.raises(RuntimeError, match="the disk failed"):
+        PreprocessedCacheDataset(items, transform=chain, persist_dir=tmp_path, progress=False)
