@@ -126,15 +126,14 @@ def _check_choice(what: str, given: Sequence[str], known: Sequence[str]) -> None
             raise LiverError(f"{what} '{x}' is not known; choose from {', '.join(known)}")
 
 
-#: ``--quick``: CPU, every strategy x {scratch, lits} x 2 folds (+ the liver localiser) in about 14
-#: minutes on 2 cores, two runs at a time (phantoms). The LiTS pretraining and the localiser see 24
+#: ``--quick``: CPU, every strategy x {scratch, lits} x 2 folds (+ the liver localiser) in 10-14
+#: minutes on 2 cores by the machine's speed, two runs at a time (phantoms). The LiTS pretraining and the localiser see 24
 #: LiTS-like volumes, the pretraining for 5 epochs at lr 1e-2, the localiser for 3: more volumes for fewer
 #: epochs generalised better at about the same time each time it was measured (README): 6 volumes x 16
 #: epochs -> 12 x 7 raised the pretraining's 2D lesion Dice on twelve unseen volumes (seed 2) from 0.32 to
 #: 0.38; 12 x 9 -> 24 x 5 raised it on three unseen sets (seeds 1-3) from 0.740 / 0.383 / 0.677 to 0.749 /
 #: 0.407 / 0.704 per slice, 0.556 / 0.356 / 0.722 to 0.628 / 0.455 / 0.793 per volume, and the demo's
-#: package with that gate and localiser scored lesion Dice 0.623 against 0.583 over those 30 volumes,
-#: with 6 false lesions against 23.
+#: ``joint-lits`` package's lesion Dice over those 30 volumes from 0.583 to 0.628 (recall 37 -> 39 of 57).
 #: It uses MONAI's BasicUNet with half the deep channels (basicunet-small, 16..128 features, instance
 #: norm): on 2 CPU cores BasicUNet learnt about twice as much per second as EfficientNet-B0, and the
 #: small one as much per epoch as the 16..256 one at twice the epochs per second
