@@ -59,6 +59,8 @@ def test_cli_flags_are_the_settings_fields():
 @pytest.mark.parametrize("change, message", [
     ({"folds": 1}, "--folds must be at least 2"),
     ({"epochs": 0}, "--epochs must be at least 1"),
+    ({"learning_rate": 0.0}, "--learning-rate must be above 0"),
+    ({"lits_learning_rate": -0.01}, "--lits-learning-rate must be above 0"),
     ({"image_size": 48}, "--image-size 48: must be a multiple of 32"),
     ({"localiser_image_size": 16}, "--localiser-image-size 16: must be a multiple of 32"),
     ({"backbone": "nope"}, "backbone 'nope' is not available"),

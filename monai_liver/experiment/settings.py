@@ -100,6 +100,9 @@ class ExperimentSettings:
         for k in ("epochs", "lits_epochs", "localiser_epochs", "image_size", "batch_size"):
             if int(getattr(self, k)) < 1:
                 raise LiverError(f"{_flag(k)} must be at least 1 (got {getattr(self, k)})")
+        for k in ("learning_rate", "lits_learning_rate"):
+            if getattr(self, k) is not None and not float(getattr(self, k)) > 0:
+                raise LiverError(f"{_flag(k)} must be above 0 (got {getattr(self, k)})")
         from monai_liver.networks.backbone import check_backbone
 
         check_backbone(str(self.backbone))
