@@ -197,6 +197,9 @@ def test_settings_line_gives_the_pretraining_per_slice_and_per_case():
                     "held-out LiTS fold 0: liver Dice 0.88, lesion Dice 0.50 per slice; per volume (LiTS's Dice per case, "
                     "3 volumes): liver Dice 0.96, lesion Dice 0.73.")
     assert agg.settings_line(exp, {"val_dice": 0.5, "val_liver_dice": 0.9}).endswith("lesion Dice 0.50 per slice.")
+    # an experiment.json that records the pretraining's own learning rate
+    assert "LiTS pretraining (7 epochs, lr 0.01), held-out" in agg.settings_line(exp | {"lits_learning_rate": 0.01},
+                                                                                   {"val_dice": 0.5, "val_liver_dice": 0.9})
 
 
 def test_pretrain_metrics_are_those_of_the_epoch_model_pt_holds(tmp_path):

@@ -480,7 +480,8 @@ def pretrain_figures(out_dir: str | Path) -> dict:
 
 def settings_line(experiment: dict, pretrain: dict | None = None) -> str:
     """One sentence with the training settings every row shares (backbone, size, epochs, batch,
-    learning rate) and the LiTS pretraining's own held-out figures; ``""`` without an experiment.json."""
+    learning rate) and the LiTS pretraining's own epochs, learning rate (experiments that record it)
+    and held-out figures; ``""`` without an experiment.json."""
     if not experiment:
         return ""
     keys = (("backbone", "backbone {}"), ("image_size", "{} px"), ("epochs", "{} epochs"),
@@ -488,7 +489,8 @@ def settings_line(experiment: dict, pretrain: dict | None = None) -> str:
     parts = [fmt.format(experiment[k]) for k, fmt in keys if experiment.get(k) not in (None, "")]
     text = "All rows: " + ", ".join(parts) + "." if parts else ""
     if pretrain and pretrain.get("val_dice") is not None:
-        text += (f" LiTS pretraining ({experiment.get('lits_epochs', '?')} epochs), held-out LiTS fold 0: "
+        lr = f", lr {experiment['lits_learning_rate']}" if experiment.get("lits_learning_rate") else ""
+        text += (f" LiTS pretraining ({experiment.get('lits_epochs', '?')} epochs{lr}), held-out LiTS fold 0: "
                  f"liver Dice {pretrain.get('val_liver_dice', float('nan')):.2f}, lesion Dice {pretrain['val_dice']:.2f} per slice")
         if pretrain.get("case_liver_dice") is not None:
             lesion = pretrain.get("case_lesion_dice")
