@@ -29,11 +29,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="monai-liver", description=__doc__.splitlines()[0])
+    # allow_abbrev off: argparse would take a mistyped ``--image`` for ``--image-size``
+    parser = argparse.ArgumentParser(prog="monai-liver", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"monai-liver {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         p.set_defaults(_module=module)
         try:
             importlib.import_module(module).add_arguments(p)

@@ -56,6 +56,20 @@ def test_cli_flags_are_the_settings_fields():
     assert fields - dests == {"download", "tracking", "num_workers", "lits_volumes", "lits_shape", "val_interval", "n_boot"}
 
 
+def test_a_flag_is_never_taken_for_a_longer_one(capsys):
+    """argparse's prefix matching is off: ``--image`` is refused by its own name, not read as
+    ``--image-size`` (whose error named a flag the user never typed)."""
+    from monai_liver.cli import build_parser
+
+    for argv, typed in ((["infer", "ct.nii.gz", "--out", "o", "--image", "x.nii.gz"], "--image x.nii.gz"),
+                        (["experiment", "--out", "o", "--epoch", "3"], "--epoch 3"),
+                        (["peer", "nnunet", "--experiment", "e", "--fold", "0"], "--fold 0")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        err = capsys.readouterr().err
+        assert f"unrecognized arguments: {typed}" in err, err
+
+
 @pytest.mark.parametrize("change, message", [
     ({"folds": 1}, "--folds must be at least 2"),
     ({"epochs": 0}, "--epochs must be at least 1"),

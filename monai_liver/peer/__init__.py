@@ -28,7 +28,7 @@ PEERS: dict[str, tuple[str, str]] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="peer", metavar="PEER", required=True)
     for name, (module, help_text) in PEERS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         p.set_defaults(_peer_module=module)
         importlib.import_module(module).add_arguments(p)
 
