@@ -99,7 +99,7 @@ def plan_runs(out: Path, s: ExperimentSettings, data: PreparedData, imagenet_fil
         # volumes no model saw, where its last epoch instead of its best cut the lesion Dice from 0.597 to
         # 0.498 (the lesions follow the liver mask); the strategy runs keep their last epoch, their
         # held-out fold being the table's test fold.
-        crop = {"epochs": int(s.lits_epochs), "max_val_slices": 0, "learning_rate": float(s.lits_learning_rate or s.learning_rate)}
+        crop = {"epochs": int(s.lits_epochs), "max_val_slices": 0, "learning_rate": s.pretraining_learning_rate}
         whole = {"epochs": int(s.localiser_epochs), "image_size": int(s.localiser_image_size),
                  "max_val_slices": 0, "roi_margin": -1, "only_liver_slices": False, "key_metric_name": "val_liver_dice",
                  "lesion_oversample": 1, "dice_batch": True, "keep_model": "best"}

@@ -71,6 +71,11 @@ class ExperimentSettings:
     ray_max_retries: int = 3
     runs_per_device: int = 1  #: runs at a time on each GPU (local: K on the CPU without one; Ray: num_gpus=1/K)
 
+    @property
+    def pretraining_learning_rate(self) -> float:
+        """The learning rate the lits_pretrain run trains at: ``lits_learning_rate``, else ``learning_rate``."""
+        return float(self.lits_learning_rate or self.learning_rate)
+
     def but(self, **given: Any) -> ExperimentSettings:
         """A copy with the ``given`` fields that are not ``None``; TypeError for an unknown field."""
         unknown = set(given) - {f.name for f in dataclasses.fields(self)}
@@ -169,7 +174,7 @@ def experiment_record(s: ExperimentSettings, data, fingerprint: str | None, clas
         "image_size": int(s.image_size),
         "batch_size": int(s.batch_size), "max_slices": int(s.max_slices or 0), "seed": int(s.seed),
         "backbone": str(s.backbone), "learning_rate": float(s.learning_rate),
-        "lits_learning_rate": float(s.lits_learning_rate or s.learning_rate), "data": data.kind,
+        "lits_learning_rate": s.pretraining_learning_rate, "data": data.kind,
         "lits_data": data.lits_kind, "datalist": str(data.lesions), "lits_datalist": str(data.lits or ""),
         "strategies": list(s.strategies), "inits": list(s.inits), "device": s.device or "auto",
         "phantoms": bool(s.phantoms) or data.kind == "phantoms",
