@@ -97,8 +97,9 @@ def plan_runs(out: Path, s: ExperimentSettings, data: PreparedData, imagenet_fil
         # (the localiser keeps the batch Dice: most whole slices hold no lesion). The localiser keeps its best
         # validation (liver Dice on LiTS fold 0), a choice on that fold: its test is the end-to-end check on
         # volumes no model saw, where its last epoch instead of its best cut the lesion Dice from 0.597 to
-        # 0.498 (the lesions follow the liver mask); the strategy runs keep their last epoch, their
-        # held-out fold being the table's test fold.
+        # 0.498 (the lesions follow the liver mask; 7 epochs then); the strategy runs keep their last epoch,
+        # their held-out fold being the table's test fold. The quick preset's localiser (3 epochs, val_interval
+        # 5) is validated once, after its last epoch (FinalValidation), so there its best is its last.
         crop = {"epochs": int(s.lits_epochs), "max_val_slices": 0, "learning_rate": s.pretraining_learning_rate}
         whole = {"epochs": int(s.localiser_epochs), "image_size": int(s.localiser_image_size),
                  "max_val_slices": 0, "roi_margin": -1, "only_liver_slices": False, "key_metric_name": "val_liver_dice",
