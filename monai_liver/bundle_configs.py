@@ -30,7 +30,10 @@ GENERATED: tuple[str, ...] = ("train.json", "evaluate.json", "inference.json", "
 BUNDLE_VALUES: dict[str, dict[str, dict]] = {
     "lits_pretrain": {"train.json": {"datalist": "$@bundle_root + '/../../data_lists/phantom_lits.json'",
                                      "epochs": 50, "lesion_oversample": 3, "dice_batch": False}},
-    "cls_baseline": {"inference.json": {
+    "cls_baseline": {"train.json": {
+        # from LiTS, the transferred encoder at a higher learning rate (monai_liver.networks.init.param_groups)
+        "encoder_lr_scale": "$monai_liver.networks.init.LITS_ENCODER_LR_SCALE if @init == 'lits' else 1.0"},
+                     "inference.json": {
         # one class per slice: softmax + argmax, written to predictions.csv (no mask to invert or save)
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},

@@ -281,3 +281,42 @@ def test_scratch_changes_nothing():
     counts = initialise(net, "scratch")
     assert counts["loaded"] == 0 and counts["reinitialised"] > 300
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_param_groups_put_the_encoder_in_its_own_group_at_its_scale():
+    """Group 0: every parameter outside the encoder at the run's rate (what the logs show); group 1: the
+    encoder's at ``learning_rate * encoder_lr_scale``; every parameter in exactly one group, wrappers looked through."""
+    from monai_liver.networks.init import param_groups
+
+    net = build_network("cls_baseline", backbone="basicunet-small")
+    groups = param_groups(TensorOutput(net), 0.01, 3.0)
+    ids = [[id(p) for p in g["params"]] for g in groups]
+    assert len(groups) == 2 and "lr" not in groups[0] and groups[1]["lr"] == pytest.approx(0.03)
+    assert set(ids[1]) == {id(p) for p in net.encoder.parameters()}
+    assert not set(ids[0]) & set(ids[1]) and sorted(ids[0] + ids[1]) == sorted(id(p) for p in net.parameters())
+    opt = torch.optim.AdamW(groups, lr=0.01)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, pytest.approx(0.03)]
+    with pytest.raises(LiverError, match="encoder_lr_scale 0"):
+        param_groups(net, 0.01, 0)
+
+
+@pytest.mark.parametrize("init, scale", [("scratch", 1.0), ("lits", 3.0)])
+def test_cls_baseline_bundle_trains_a_lits_encoder_at_three_times_the_rate(tmp_path, init, scale):
+    """The classification baseline's train.json: from LiTS its encoder's learning rate is
+    ``LITS_ENCODER_LR_SCALE`` x the run's, from scratch the run's (monai_liver.networks.init.param_groups)."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from monai_liver.networks.init import LITS_ENCODER_LR_SCALE
+
+    assert LITS_ENCODER_LR_SCALE == 3.0
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "cls_baseline" / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train.json"))
+    parser.update({"bundle_root": str(configs.parent), "output_dir": str(tmp_path / "out"), "backbone": "basicunet-small",
+                   "class_names": ["cyst", "hemangioma", "metastasis"], "learning_rate": 0.004, "init": init})
+    opt = parser.get_parsed_content("optimizer")
+    net = parser.get_parsed_content("network_def")
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.004), pytest.approx(0.004 * scale)]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in net.encoder.parameters()}
