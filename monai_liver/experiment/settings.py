@@ -134,8 +134,8 @@ def _check_choice(what: str, given: Sequence[str], known: Sequence[str]) -> None
             raise LiverError(f"{what} '{x}' is not known; choose from {', '.join(known)}")
 
 
-#: ``--quick``: CPU, every strategy x {scratch, lits} x 2 folds (+ the liver localiser) in 10-14
-#: minutes on 2 cores by the machine's speed, two runs at a time (phantoms). The LiTS pretraining and the localiser see 24
+#: ``--quick``: CPU, every strategy x {scratch, lits} x 2 folds (+ the liver localiser) in 5-14
+#: minutes on 2 cores by the machine's speed (README), two runs at a time (phantoms). The LiTS pretraining and the localiser see 24
 #: LiTS-like volumes, the pretraining for 5 epochs at lr 1e-2, the localiser for 3: more volumes for fewer
 #: epochs generalised better at about the same time each time it was measured (README): 6 volumes x 16
 #: epochs -> 12 x 7 raised the pretraining's 2D lesion Dice on twelve unseen volumes (seed 2) from 0.32 to

@@ -338,12 +338,11 @@ def param_groups(net: nn.Module, learning_rate: float, encoder_lr_scale: float =
     net = _unwrap(net)
     if encoder_lr_scale <= 0:
         raise LiverError(f"encoder_lr_scale {encoder_lr_scale}: must be above 0")
-    encoder = {id(p) for p in net.encoder.parameters()} if hasattr(net, "encoder") else set()
-    rest = [p for p in net.parameters() if id(p) not in encoder]
-    groups: list[dict] = [{"params": rest}]
+    encoder = list(net.encoder.parameters()) if hasattr(net, "encoder") else []
+    ids = {id(p) for p in encoder}
+    groups: list[dict] = [{"params": [p for p in net.parameters() if id(p) not in ids]}]
     if encoder:
-        groups.append({"params": [p for p in net.parameters() if id(p) in encoder],
-                       "lr": float(learning_rate) * float(encoder_lr_scale)})
+        groups.append({"params": encoder, "lr": float(learning_rate) * float(encoder_lr_scale)})
     return groups
 
 
