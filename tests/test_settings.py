@@ -163,3 +163,27 @@ def test_exclusive_lock(tmp_path):
             with exclusive_lock(folder, busy="busy folder"):
                 pass
     assert [p.name for p in folder.iterdir()] == [".lock"]
+
+
+def test_the_classification_baseline_trains_for_its_own_epochs(tmp_path):
+    """``cls_epoch_scale``: the quick preset's classification baseline trains for twice ``epochs``; the
+    experiment's plan, its record and the table's settings line say so, and the other strategies keep ``epochs``."""
+    from types import SimpleNamespace
+
+    from monai_liver.experiment.aggregate import settings_line
+    from monai_liver.experiment.runs import plan_runs
+    from monai_liver.experiment.settings import experiment_record
+
+    assert (QUICK.classifier_epochs, FULL.classifier_epochs, QUICK.but(epochs=1).classifier_epochs) == (40, 100, 2)
+    datalist = tmp_path / "lesions.json"
+    datalist.write_text("{}")
+    data = SimpleNamespace(lits=None, lesions=datalist, kind="phantoms", lits_kind=None)
+    s = QUICK.but(strategies=("cls_baseline", "joint"), inits=("scratch",))
+    epochs = {(r.strategy, r.fold): r.overrides["epochs"] for r in plan_runs(tmp_path, s, data, "", {}, None)}
+    assert epochs == {("cls_baseline", 0): 40, ("cls_baseline", 1): 40, ("joint", 0): 20, ("joint", 1): 20}
+    record = experiment_record(s, data, None, ["cyst"])
+    assert (record["epochs"], record["cls_epochs"]) == (20, 40)
+    assert "64 px, 20 epochs (classification baseline 40), batch 8" in settings_line(record)
+    assert "20 epochs, batch" in settings_line(experiment_record(s.but(cls_epoch_scale=1.0), data, None, ["cyst"]))
+    with pytest.raises(LiverError, match="--cls-epoch-scale must be above 0"):
+        QUICK.but(cls_epoch_scale=0.0).check()

@@ -9,6 +9,7 @@ write ``monai_liver.engine.data.slice_items(...)`` after a plain ``$import monai
 - :mod:`~monai_liver.engine.metrics`: validation metrics and per-slice metric functions
 - :mod:`~monai_liver.engine.handlers`: atomic checkpoints, resume, per-epoch CSV log
 - :mod:`~monai_liver.engine.evaluate`: ``eval/per_slice.csv``, ``metrics.json``, ``examples.npz``
+- :mod:`~monai_liver.engine.inferer`: test-time flip averaging (held-out evaluation, ``infer``)
 - :mod:`~monai_liver.engine.tracking`: MLflow helpers
 """
 
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("data", "prepare_batch", "loss", "metrics", "handlers", "evaluate", "tracking")
+_SUBMODULES = ("data", "prepare_batch", "loss", "metrics", "handlers", "evaluate", "inferer", "tracking")
 
 
 def has_seg(strategy: str) -> bool:

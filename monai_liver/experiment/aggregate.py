@@ -486,7 +486,13 @@ def settings_line(experiment: dict, pretrain: dict | None = None) -> str:
         return ""
     keys = (("backbone", "backbone {}"), ("image_size", "{} px"), ("epochs", "{} epochs"),
             ("batch_size", "batch {}"), ("learning_rate", "lr {}"))
-    parts = [fmt.format(experiment[k]) for k, fmt in keys if experiment.get(k) not in (None, "")]
+    parts = []
+    for k, fmt in keys:
+        if experiment.get(k) in (None, ""):
+            continue
+        parts.append(fmt.format(experiment[k]))
+        if k == "epochs" and experiment.get("cls_epochs") not in (None, "", experiment[k]):
+            parts[-1] += f" (classification baseline {experiment['cls_epochs']})"
     text = "All rows: " + ", ".join(parts) + "." if parts else ""
     if pretrain and pretrain.get("val_dice") is not None:
         lr = f", lr {experiment['lits_learning_rate']}" if experiment.get("lits_learning_rate") else ""

@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="paper scale for a GPU: " + _scale(FULL, ("folds", "epochs", "image_size")) + ", all slices")
     p.add_argument("--folds", type=int, help="patient-grouped folds (cross-validation)")
     p.add_argument("--epochs", type=int, help="training epochs per run")
+    p.add_argument("--cls-epoch-scale", type=float, help="the classification baseline's runs train for --epochs times this (--quick: 2, --full: 1)")
     p.add_argument("--lits-epochs", type=int, help="epochs of the lits_pretrain bundle")
     p.add_argument("--lits-learning-rate", type=float, help="learning rate of the lits_pretrain bundle (default: --learning-rate)")
     p.add_argument("--localiser-epochs", type=int, help="epochs of the liver localiser (lits_pretrain on whole slices)")

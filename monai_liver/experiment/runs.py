@@ -112,6 +112,8 @@ def plan_runs(out: Path, s: ExperimentSettings, data: PreparedData, imagenet_fil
             for k in range(int(s.folds)):
                 extra = {"lits_checkpoint": lits_ckpt if init == "lits" else "",
                          "imagenet_weights": imagenet_file if init == "imagenet" else ""}
+                if strategy == "cls_baseline":
+                    extra["epochs"] = s.classifier_epochs
                 specs.append(spec(f"{strategy} / {init} / fold {k}", out / "runs" / strategy / init / f"fold{k}", strategy,
                                   data.lesions, strategy, init, k, extra, after=(PRETRAIN_STRATEGY,) if init == "lits" else ()))
     return specs

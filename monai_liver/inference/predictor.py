@@ -151,19 +151,14 @@ def predict_slices(model: LoadedModel, hu: np.ndarray, roi: np.ndarray | None, k
 def _probabilities(net, x, flip_average: bool):
     """Softmax of the network's segmentation (B, C, H, W) and of its class logits (B, K), or None,
     for ``x`` (B, 1, H, W); ``flip_average``: the mean over the four flips of the two image axes
-    (each mapped back), the flips the bundles train with."""
+    (:func:`monai_liver.engine.inferer.flip_averaged_probabilities`)."""
     import torch
 
-    flips = [(), (2,), (3,), (2, 3)] if flip_average else [()]
-    seg, cls = 0.0, None
+    from monai_liver.engine.inferer import FLIPS, flip_averaged_probabilities
+
     with torch.no_grad():
-        for axes in flips:
-            out = net(torch.flip(x, axes) if axes else x)
-            prob = torch.softmax(out["seg"].float(), dim=1)
-            seg = seg + (torch.flip(prob, axes) if axes else prob)
-            if out.get("cls") is not None:
-                cls = torch.softmax(out["cls"].float(), dim=1) + (0.0 if cls is None else cls)
-    return (seg / len(flips)).cpu(), None if cls is None else (cls / len(flips)).cpu().numpy()
+        prob = flip_averaged_probabilities(net, x, FLIPS if flip_average else ((),))
+    return prob["seg"].cpu(), None if prob["cls"] is None else prob["cls"].cpu().numpy()
 
 
 def _drop_small_lesions(label: np.ndarray, min_voxels: float) -> None:
