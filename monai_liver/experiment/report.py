@@ -408,7 +408,7 @@ def build_report(out_dir: str | Path, n_boot: int | None = None) -> Path:
                     "<code>monai_liver.data.phantoms</code>, not the paper's private data: they show that the "
                     "pipeline runs end to end, not how it performs on patients.</p>")
     if exp:
-        desc = ", ".join(f"{k}: {html.escape(str(exp[k]))}" for k in ("folds", "epochs", "image_size", "max_slices", "device", "preset") if k in exp)
+        desc = ", ".join(f"{k}: {html.escape(str(exp[k]))}" for k in ("folds", "epochs", "cls_epochs", "image_size", "max_slices", "device", "preset") if k in exp)
         body.append(f'<p class="note">Experiment: {desc}</p>')
         settings = agg.settings_line(exp, agg.pretrain_figures(out_dir))
         if settings:
