@@ -153,8 +153,8 @@ def _check_choice(what: str, given: Sequence[str], known: Sequence[str]) -> None
 #: small one as much per epoch as the 16..256 one at twice the epochs per second
 #: (benchmarks/bench_learning.py, README); batch 8 at lr 5e-3 with a cosine schedule learnt more per
 #: second than batch 16 at 2e-3. The classification baseline trains for twice the epochs (``cls_epoch_scale``):
-#: it learns from the typed slices through its encoder alone (a run of 40 epochs costs about what a segmenting
-#: run of 20 does), and at 20 its training loss was still 0.45-0.74. Over twenty runs each (folds 0 / 1 x
+#: it learns from the typed slices through its encoder alone (a run of 40 epochs costs less than a segmenting
+#: run of 20), and at 20 its training loss was still 0.45-0.74. Over twenty runs each (folds 0 / 1 x
 #: seeds 0-9, one pass per slice) 40 epochs raised its mean held-out accuracy from LiTS from 0.549 to 0.588 and
 #: from scratch from 0.553 to 0.575; with the flip-averaged evaluation 0.597 and 0.586 (README).
 QUICK = ExperimentSettings(
